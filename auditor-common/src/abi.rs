@@ -1,0 +1,258 @@
+//! Wire records written by the eBPF programs into the ring buffer.
+//!
+//! A record is a fixed-size struct (starting with [`Header`]) followed by a variable tail of
+//! byte strings whose lengths the struct gives. The tail regions appear in the order the
+//! struct lists their lengths. Paths in a tail are *path blobs*: the components of the path
+//! from the leaf up to the root, each terminated by a NUL byte (the kernel walks dentries
+//! leaf-first; userspace reverses them). An empty blob is the root directory.
+
+use core::mem::{offset_of, size_of};
+
+/// Bumped whenever a wire struct changes; the daemon refuses records of another version.
+pub const ABI_VERSION: u16 = 1;
+
+/// Event kinds. The numbers are part of the ABI: never reused, never renumbered.
+pub mod kind {
+    /// `execve`/`execveat` entry: what was asked for (filename, argv, cwd, creds).
+    pub const EXEC: u16 = 1;
+    /// `execve`/`execveat` exit: the return code, and for a success the new image's
+    /// executable path and credentials.
+    pub const EXEC_RESULT: u16 = 2;
+}
+
+/// `ExecEvent::syscall` values.
+pub mod syscall {
+    pub const EXECVE: u32 = 1;
+    pub const EXECVEAT: u32 = 2;
+}
+
+/// Bits of `ExecEvent::flags` / `ExecResultEvent::flags`.
+pub mod flags {
+    /// argv was cut at the byte or argument cap; the last argument may be partial.
+    pub const ARGV_TRUNCATED: u32 = 1 << 0;
+    /// Reading argv from user memory failed part-way (e.g. a paged-out or bad pointer).
+    pub const ARGV_FAULT: u32 = 1 << 1;
+    /// The filename argument did not fit the filename cap.
+    pub const FILENAME_TRUNCATED: u32 = 1 << 2;
+    /// The filename argument could not be read from user memory.
+    pub const FILENAME_FAULT: u32 = 1 << 3;
+    /// The cwd path blob hit the depth or byte cap: the root-most components are missing.
+    pub const CWD_TRUNCATED: u32 = 1 << 4;
+    /// The cwd could not be walked (a kernel read failed).
+    pub const CWD_FAULT: u32 = 1 << 5;
+    /// The executable path blob hit the depth or byte cap.
+    pub const EXE_TRUNCATED: u32 = 1 << 6;
+    /// The executable path could not be walked.
+    pub const EXE_FAULT: u32 = 1 << 7;
+    /// The kernel-offset table was not initialised: the record carries only what the
+    /// helpers give without BTF offsets (pid, tid, uid, gid, comm).
+    pub const NO_OFFSETS: u32 = 1 << 8;
+    /// `execveat` was given a directory fd whose path was resolved into the cwd region.
+    pub const DIRFD_RESOLVED: u32 = 1 << 9;
+}
+
+/// Caps compiled into the eBPF programs. Runtime configuration may lower, never raise them.
+pub mod limits {
+    /// Largest argv capture in bytes (NUL separators included).
+    pub const ARGV_BYTES_MAX: u32 = 65_536;
+    /// Largest number of arguments captured.
+    pub const ARGV_ARGS_MAX: u32 = 1024;
+    /// Default argv byte cap.
+    pub const ARGV_BYTES_DEFAULT: u32 = 32_768;
+    /// Default argument-count cap.
+    pub const ARGV_ARGS_DEFAULT: u32 = 512;
+    /// Filename capture, NUL included (PATH_MAX).
+    pub const FILENAME_MAX: u32 = 4096;
+    /// Path blob capture in bytes.
+    pub const PATH_BYTES_MAX: u32 = 4096;
+    /// Deepest path walked (components, mount crossings included).
+    pub const PATH_DEPTH_MAX: u32 = 96;
+    /// Longest single path component read, NUL included (NAME_MAX + 1).
+    pub const NAME_MAX: u32 = 256;
+    /// The per-CPU scratch tail: offsets are masked with `TAIL_WINDOW - 1` for the
+    /// verifier, and `TAIL_SLACK` bytes follow so that any bounded write at a masked offset
+    /// stays inside the buffer.
+    pub const TAIL_WINDOW: usize = 1 << 17;
+    pub const TAIL_SLACK: usize = 1 << 17;
+    pub const TAIL_BUF: usize = TAIL_WINDOW + TAIL_SLACK;
+    /// The kernel's TASK_COMM_LEN.
+    pub const COMM_LEN: usize = 16;
+    /// `tty_struct::name` length.
+    pub const TTY_LEN: usize = 64;
+}
+
+/// Map and global names, shared so that the loader and the programs cannot disagree.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const LOSS: &str = "LOSS";
+    pub const SCRATCH: &str = "SCRATCH";
+    pub const OFFSETS: &str = "OFFSETS";
+    pub const SETTINGS: &str = "SETTINGS";
+}
+
+/// Value for a credential or id the running kernel does not have (e.g. `loginuid` without
+/// CONFIG_AUDIT), as the kernel itself uses for "unset".
+pub const ID_UNKNOWN: u32 = u32::MAX;
+
+/// Common start of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// One of [`kind`].
+    pub kind: u16,
+    /// [`ABI_VERSION`] of the program that wrote the record.
+    pub abi: u16,
+    /// Total record length in bytes: the struct plus its tail.
+    pub len: u32,
+    /// `bpf_ktime_get_boot_ns()` when the record was made.
+    pub boot_ns: u64,
+    /// Thread-group id (the user-visible pid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// CPU that wrote the record.
+    pub cpu: u32,
+    pub _pad: u32,
+}
+
+/// Credentials and audit identity of the task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    /// Login uid (`/proc/PID/loginuid`); [`ID_UNKNOWN`] when unset.
+    pub auid: u32,
+    /// Audit session id; [`ID_UNKNOWN`] when unset.
+    pub sessionid: u32,
+}
+
+/// `kind::EXEC`. Tail: filename, cwd path blob, argv (NUL-separated).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: Header,
+    pub ppid: u32,
+    pub flags: u32,
+    pub creds: Creds,
+    pub cgroup_id: u64,
+    /// One of [`syscall`].
+    pub syscall: u32,
+    /// `execveat` dirfd (AT_FDCWD for execve).
+    pub dirfd: i32,
+    /// `execveat` flags.
+    pub at_flags: u32,
+    /// Arguments captured.
+    pub argc: u32,
+    pub filename_len: u32,
+    /// Path blob of the directory a relative filename is resolved against: the cwd, or the
+    /// `execveat` dirfd's directory when [`flags::DIRFD_RESOLVED`] is set.
+    pub cwd_len: u32,
+    pub argv_len: u32,
+    pub _pad: u32,
+    pub comm: [u8; limits::COMM_LEN],
+    pub tty: [u8; limits::TTY_LEN],
+}
+
+/// `kind::EXEC_RESULT`. Tail: executable path blob (empty on failure).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecResultEvent {
+    pub header: Header,
+    /// The syscall's return value: 0 or `-errno`.
+    pub ret: i64,
+    pub flags: u32,
+    pub exe_len: u32,
+    /// Credentials after the exec (set-id binaries change them).
+    pub creds: Creds,
+    /// Name of the new image.
+    pub comm: [u8; limits::COMM_LEN],
+}
+
+/// Per-CPU counter of records the kernel could not hand to userspace (ring buffer full).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LossCounter {
+    /// Records dropped on this CPU since load.
+    pub records: u64,
+    /// Bytes those records would have taken.
+    pub bytes: u64,
+    /// `boot_ns` of the first and the latest drop on this CPU (0 if none).
+    pub first_boot_ns: u64,
+    pub last_boot_ns: u64,
+}
+
+/// Runtime settings written into the programs' read-only data at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// argv byte cap, `<= limits::ARGV_BYTES_MAX`.
+    pub argv_bytes: u32,
+    /// argv argument cap, `<= limits::ARGV_ARGS_MAX`.
+    pub argv_args: u32,
+    /// The daemon's own tgid: its execs are still recorded (nothing is exempt), this is
+    /// reserved for the self-protection hooks.
+    pub self_tgid: u32,
+    pub _pad: u32,
+}
+
+impl Settings {
+    pub const DEFAULT: Self = Self {
+        argv_bytes: limits::ARGV_BYTES_DEFAULT,
+        argv_args: limits::ARGV_ARGS_DEFAULT,
+        self_tgid: 0,
+        _pad: 0,
+    };
+}
+
+// Layout pins: the kernel and userspace compile these structs separately, for different
+// targets; these asserts make any drift a build error on both sides.
+const _: () = {
+    assert!(size_of::<Header>() == 32);
+    assert!(offset_of!(Header, len) == 4);
+    assert!(offset_of!(Header, boot_ns) == 8);
+    assert!(offset_of!(Header, pid) == 16);
+    assert!(offset_of!(Header, tid) == 20);
+    assert!(offset_of!(Header, cpu) == 24);
+    assert!(size_of::<Creds>() == 24);
+    assert!(offset_of!(ExecEvent, ppid) == 32);
+    assert!(offset_of!(ExecEvent, flags) == 36);
+    assert!(offset_of!(ExecEvent, creds) == 40);
+    assert!(offset_of!(ExecEvent, cgroup_id) == 64);
+    assert!(offset_of!(ExecEvent, syscall) == 72);
+    assert!(offset_of!(ExecEvent, dirfd) == 76);
+    assert!(offset_of!(ExecEvent, at_flags) == 80);
+    assert!(offset_of!(ExecEvent, argc) == 84);
+    assert!(offset_of!(ExecEvent, filename_len) == 88);
+    assert!(offset_of!(ExecEvent, cwd_len) == 92);
+    assert!(offset_of!(ExecEvent, argv_len) == 96);
+    assert!(offset_of!(ExecEvent, comm) == 104);
+    assert!(offset_of!(ExecEvent, tty) == 120);
+    assert!(size_of::<ExecEvent>() == 184);
+    assert!(offset_of!(ExecResultEvent, ret) == 32);
+    assert!(offset_of!(ExecResultEvent, flags) == 40);
+    assert!(offset_of!(ExecResultEvent, exe_len) == 44);
+    assert!(offset_of!(ExecResultEvent, creds) == 48);
+    assert!(offset_of!(ExecResultEvent, comm) == 72);
+    assert!(size_of::<ExecResultEvent>() == 88);
+    assert!(size_of::<LossCounter>() == 32);
+    assert!(size_of::<Settings>() == 16);
+    // Every tail region fits the slack after a masked offset.
+    assert!((limits::ARGV_BYTES_MAX as usize) < limits::TAIL_SLACK);
+    assert!(
+        (limits::FILENAME_MAX + 2 * limits::PATH_BYTES_MAX + limits::ARGV_BYTES_MAX) as usize
+            <= limits::TAIL_WINDOW
+    );
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data: #[repr(C)], integer fields only, explicit padding.
+    unsafe impl aya::Pod for super::LossCounter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::offsets::KernelOffsets {}
+}

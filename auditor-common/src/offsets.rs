@@ -1,0 +1,95 @@
+//! Offsets of the kernel struct fields the eBPF programs read.
+//!
+//! Rust eBPF cannot emit CO-RE relocations, so the daemon reads these from the running
+//! kernel's BTF (`/sys/kernel/btf/vmlinux`) at load time and writes the table into the
+//! programs' read-only data. A hand-typed offset would be wrong on the next kernel.
+//! `ABSENT` marks a field this kernel does not have (e.g. `loginuid` without CONFIG_AUDIT);
+//! the programs then report the value as unknown instead of reading garbage.
+
+/// Marks a field missing from this kernel's BTF.
+pub const ABSENT: u32 = u32::MAX;
+
+/// Set in [`KernelOffsets::magic`] by the loader; the programs refuse to walk kernel
+/// structs while it is zero (an unpatched object), and flag their records instead.
+pub const OFFSETS_MAGIC: u32 = 0x4155_4449; // "AUDI"
+
+macro_rules! kernel_offsets {
+    ($( $(#[$doc:meta])* $field:ident => $ty:literal . $path:literal ),* $(,)?) => {
+        /// Byte offsets of kernel struct members, from BTF.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct KernelOffsets {
+            pub magic: u32,
+            $( $(#[$doc])* pub $field: u32, )*
+        }
+
+        impl KernelOffsets {
+            /// An uninitialised table (what the object file carries before loading).
+            pub const ZERO: Self = Self { magic: 0, $( $field: 0, )* };
+
+            /// `(field name, C struct, member path)` for every offset: the loader
+            /// resolves each member path (dot-separated, through anonymous members) in BTF.
+            pub const FIELDS: &'static [(&'static str, &'static str, &'static str)] =
+                &[ $( (stringify!($field), $ty, $path), )* ];
+
+            /// Sets a field by name; false if the name is unknown.
+            pub fn set(&mut self, name: &str, value: u32) -> bool {
+                match name {
+                    $( stringify!($field) => { self.$field = value; true } )*
+                    _ => false,
+                }
+            }
+
+            /// Reads a field by name.
+            pub fn get(&self, name: &str) -> Option<u32> {
+                match name {
+                    $( stringify!($field) => Some(self.$field), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+kernel_offsets! {
+    task_real_parent => "task_struct"."real_parent",
+    task_tgid => "task_struct"."tgid",
+    task_cred => "task_struct"."cred",
+    /// Needs CONFIG_AUDIT.
+    task_loginuid => "task_struct"."loginuid",
+    /// Needs CONFIG_AUDIT.
+    task_sessionid => "task_struct"."sessionid",
+    task_signal => "task_struct"."signal",
+    task_fs => "task_struct"."fs",
+    task_mm => "task_struct"."mm",
+    task_files => "task_struct"."files",
+    cred_uid => "cred"."uid",
+    cred_gid => "cred"."gid",
+    cred_euid => "cred"."euid",
+    cred_egid => "cred"."egid",
+    signal_tty => "signal_struct"."tty",
+    tty_name => "tty_struct"."name",
+    fs_pwd => "fs_struct"."pwd",
+    fs_root => "fs_struct"."root",
+    path_mnt => "path"."mnt",
+    path_dentry => "path"."dentry",
+    dentry_parent => "dentry"."d_parent",
+    dentry_name => "dentry"."d_name",
+    qstr_len => "qstr"."len",
+    qstr_name => "qstr"."name",
+    mount_mnt => "mount"."mnt",
+    mount_parent => "mount"."mnt_parent",
+    mount_mountpoint => "mount"."mnt_mountpoint",
+    vfsmount_root => "vfsmount"."mnt_root",
+    mm_exe_file => "mm_struct"."exe_file",
+    file_path => "file"."f_path",
+    files_fdt => "files_struct"."fdt",
+    fdtable_max_fds => "fdtable"."max_fds",
+    fdtable_fd => "fdtable"."fd",
+    /// Start of the argument array in a syscall tracepoint record.
+    tp_enter_args => "syscall_trace_enter"."args",
+    /// Return value in a syscall-exit tracepoint record.
+    tp_exit_ret => "syscall_trace_exit"."ret",
+}
+
+const _: () = assert!(core::mem::size_of::<KernelOffsets>().is_multiple_of(4));

@@ -1,0 +1,163 @@
+//! Building records in a per-CPU scratch buffer and handing them to userspace.
+//!
+//! Records are larger than the 512-byte BPF stack, so each CPU gets a scratch buffer (an
+//! array map indexed by CPU: per-CPU array values are capped at 32 KiB). A record is the
+//! fixed struct at the start of the buffer followed by its tail; `bpf_ringbuf_output`
+//! copies exactly the used length into the ring buffer.
+//!
+//! Full-queue policy: when the ring buffer has no room the record is dropped *and
+//! counted* in the per-CPU [`LOSS`] counter, which the daemon turns into `loss` events.
+
+use core::mem::size_of;
+
+use auditor_common::{
+    ABI_VERSION, Header, LossCounter,
+    limits::{TAIL_BUF, TAIL_WINDOW},
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns},
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+
+/// Room for the largest fixed struct; tails start right after their struct.
+pub const HEAD_MAX: usize = 256;
+pub const SCRATCH_SIZE: usize = HEAD_MAX + TAIL_BUF;
+/// Mask keeping a tail offset inside the window (for the verifier).
+pub const TAIL_MASK: u64 = (TAIL_WINDOW as u64) - 1;
+
+#[repr(C, align(8))]
+pub struct Scratch {
+    pub bytes: [u8; SCRATCH_SIZE],
+}
+
+/// The kernel -> user channel. Its size is set by the loader from the configuration.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Records dropped because the ring buffer was full, per CPU.
+#[map(name = "LOSS")]
+static LOSS: PerCpuArray<LossCounter> = PerCpuArray::with_max_entries(1, 0);
+
+/// One scratch buffer per possible CPU; the loader sets `max_entries` to the CPU count.
+#[map(name = "SCRATCH")]
+static SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
+
+/// This CPU's scratch buffer. Loop callbacks (`bpf_loop`) look it up again rather than
+/// receive a pointer through their context: simpler for the verifier, and the CPU cannot
+/// change while a program runs.
+#[inline(always)]
+pub fn scratch_base() -> Option<*mut u8> {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    SCRATCH.get_ptr_mut(cpu).map(|p| p.cast::<u8>())
+}
+
+/// Tail offset `off` of a record of type `T` whose buffer starts at `base`. The mask
+/// proves to the verifier that a write of at most `TAIL_SLACK` bytes stays inside.
+#[inline(always)]
+pub fn tail_ptr<T>(base: *mut u8, off: u64) -> *mut u8 {
+    // SAFETY: size_of::<T>() <= HEAD_MAX, and HEAD_MAX + TAIL_MASK + TAIL_SLACK <= SCRATCH_SIZE.
+    unsafe { base.add(size_of::<T>() + (off & TAIL_MASK) as usize) }
+}
+
+/// A record being built in this CPU's scratch buffer. `T` is its fixed struct.
+pub struct Record<T> {
+    base: *mut u8,
+    /// Bytes used in the tail so far.
+    pub tail_len: u64,
+    _t: core::marker::PhantomData<T>,
+}
+
+impl<T> Record<T> {
+    /// Takes this CPU's scratch buffer and fills the header. Counts a loss and returns
+    /// `None` if there is no buffer (a loader bug: max_entries below the CPU count).
+    #[inline(always)]
+    pub fn start(kind: u16) -> Option<Self> {
+        const { assert!(size_of::<T>() <= HEAD_MAX) };
+        // SAFETY: helpers without preconditions.
+        let (cpu, pid_tgid, now) = unsafe {
+            (
+                bpf_get_smp_processor_id(),
+                bpf_get_current_pid_tgid(),
+                bpf_ktime_get_boot_ns(),
+            )
+        };
+        let Some(base) = scratch_base() else {
+            count_loss(0);
+            return None;
+        };
+        let header = Header {
+            kind,
+            abi: ABI_VERSION,
+            len: 0,
+            boot_ns: now,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            cpu,
+            _pad: 0,
+        };
+        // SAFETY: the buffer is at least HEAD_MAX bytes and 8-aligned; every record struct
+        // starts with a Header.
+        unsafe { base.cast::<Header>().write(header) };
+        Some(Self {
+            base,
+            tail_len: 0,
+            _t: core::marker::PhantomData,
+        })
+    }
+
+    /// The fixed struct (its header already filled).
+    #[inline(always)]
+    pub fn fixed(&mut self) -> *mut T {
+        self.base.cast()
+    }
+
+    /// Where tail offset `off` lives. The mask proves to the verifier that any write of at
+    /// most `TAIL_SLACK` bytes there stays inside the buffer.
+    #[inline(always)]
+    pub fn tail_at(&self, off: u64) -> *mut u8 {
+        tail_ptr::<T>(self.base, off)
+    }
+
+    /// Where the next tail byte goes.
+    #[inline(always)]
+    pub fn tail_end(&self) -> *mut u8 {
+        self.tail_at(self.tail_len)
+    }
+
+    /// Sets the header length and copies the record into the ring buffer; on failure
+    /// the record is counted as lost.
+    #[inline(always)]
+    pub fn submit(self) {
+        let mut total = size_of::<T>() as u64 + self.tail_len;
+        if total > SCRATCH_SIZE as u64 {
+            total = SCRATCH_SIZE as u64;
+        }
+        // SAFETY: the header is at the start of the buffer; `total` <= the buffer size.
+        unsafe {
+            (*self.base.cast::<Header>()).len = total as u32;
+            let bytes = core::slice::from_raw_parts(self.base as *const u8, total as usize);
+            if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+                count_loss(total);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn count_loss(bytes: u64) {
+    let Some(counter) = LOSS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value owned by this CPU; helper without preconditions.
+    unsafe {
+        let now = bpf_ktime_get_boot_ns();
+        (*counter).records += 1;
+        (*counter).bytes += bytes;
+        if (*counter).first_boot_ns == 0 {
+            (*counter).first_boot_ns = now;
+        }
+        (*counter).last_boot_ns = now;
+    }
+}

@@ -1,0 +1,160 @@
+//! Reads of kernel memory at offsets taken from the running kernel's BTF.
+//!
+//! The loader patches [`OFFSETS`] and [`SETTINGS`] before the programs are verified. They
+//! are read with volatile loads so the compiler cannot fold in the zeros the object file
+//! carries.
+
+use auditor_common::{
+    Creds, ID_UNKNOWN, Settings,
+    offsets::{ABSENT, KernelOffsets, OFFSETS_MAGIC},
+};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+
+#[unsafe(no_mangle)]
+pub(crate) static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
+
+#[unsafe(no_mangle)]
+static SETTINGS: Settings = Settings::DEFAULT;
+
+/// The offset of one field, e.g. `off!(task_cred)`.
+macro_rules! off {
+    ($field:ident) => {
+        crate::kernel::offset_at(&raw const crate::kernel::OFFSETS.$field)
+    };
+}
+pub(crate) use off;
+
+/// Volatile read of one offset-table entry (see `off!`).
+#[inline(always)]
+pub fn offset_at(field: *const u32) -> u64 {
+    // SAFETY: `field` points into the OFFSETS static.
+    (unsafe { core::ptr::read_volatile(field) }) as u64
+}
+
+#[inline(always)]
+pub fn offsets_ready() -> bool {
+    // SAFETY: as in `off!`.
+    unsafe { core::ptr::read_volatile(&raw const OFFSETS.magic) == OFFSETS_MAGIC }
+}
+
+#[inline(always)]
+pub fn settings() -> Settings {
+    // SAFETY: reading a static through a raw pointer.
+    unsafe { core::ptr::read_volatile(&raw const SETTINGS) }
+}
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+pub fn read<T>(base: u64, off: u64) -> Result<T, i64> {
+    if base == 0 {
+        return Err(-14); // EFAULT: never chase a NULL pointer
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel((base + off) as *const T).map_err(|e| e as i64) }
+}
+
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_current_task() }
+}
+
+/// Reads a `u32` field that may be absent from this kernel (`ABSENT` offset).
+#[inline(always)]
+fn read_optional_u32(base: u64, off: u64) -> u32 {
+    if off == ABSENT as u64 {
+        return ID_UNKNOWN;
+    }
+    read::<u32>(base, off).unwrap_or(ID_UNKNOWN)
+}
+
+/// Credentials and audit identity of `task`. Unreadable values are `ID_UNKNOWN`.
+#[inline(always)]
+pub fn creds(task: u64) -> Creds {
+    let cred: u64 = read(task, off!(task_cred)).unwrap_or(0);
+    Creds {
+        uid: read(cred, off!(cred_uid)).unwrap_or(ID_UNKNOWN),
+        gid: read(cred, off!(cred_gid)).unwrap_or(ID_UNKNOWN),
+        euid: read(cred, off!(cred_euid)).unwrap_or(ID_UNKNOWN),
+        egid: read(cred, off!(cred_egid)).unwrap_or(ID_UNKNOWN),
+        auid: read_optional_u32(task, off!(task_loginuid)),
+        sessionid: read_optional_u32(task, off!(task_sessionid)),
+    }
+}
+
+/// The parent's thread-group id.
+#[inline(always)]
+pub fn ppid(task: u64) -> u32 {
+    let parent: u64 = read(task, off!(task_real_parent)).unwrap_or(0);
+    read(parent, off!(task_tgid)).unwrap_or(0)
+}
+
+/// `(vfsmount, dentry)` of a `struct path` at `path_addr`.
+#[inline(always)]
+pub fn path_parts(path_addr: u64) -> Result<(u64, u64), i64> {
+    let mnt: u64 = read(path_addr, off!(path_mnt))?;
+    let dentry: u64 = read(path_addr, off!(path_dentry))?;
+    Ok((mnt, dentry))
+}
+
+/// `(vfsmount, dentry)` of the task's working directory.
+#[inline(always)]
+pub fn cwd(task: u64) -> Result<(u64, u64), i64> {
+    let fs: u64 = read(task, off!(task_fs))?;
+    if fs == 0 {
+        return Err(-2);
+    }
+    path_parts(fs + off!(fs_pwd))
+}
+
+/// `(vfsmount, dentry)` of the task's executable.
+#[inline(always)]
+pub fn exe(task: u64) -> Result<(u64, u64), i64> {
+    let mm: u64 = read(task, off!(task_mm))?;
+    let file: u64 = read(mm, off!(mm_exe_file))?;
+    if file == 0 {
+        return Err(-2);
+    }
+    path_parts(file + off!(file_path))
+}
+
+/// `struct file *` of descriptor `fd` in the task's fd table, or an error.
+#[inline(always)]
+pub fn fd_file(task: u64, fd: i32) -> Result<u64, i64> {
+    if fd < 0 {
+        return Err(-9); // EBADF
+    }
+    let files: u64 = read(task, off!(task_files))?;
+    let fdt: u64 = read(files, off!(files_fdt))?;
+    let max: u32 = read(fdt, off!(fdtable_max_fds))?;
+    if fd as u32 >= max {
+        return Err(-9);
+    }
+    let array: u64 = read(fdt, off!(fdtable_fd))?;
+    let file: u64 = read(array, (fd as u64) * 8)?;
+    if file == 0 {
+        return Err(-9);
+    }
+    Ok(file)
+}
+
+/// Copies the controlling terminal's name into `out` (NUL-padded); empty if none.
+#[inline(always)]
+pub fn tty_name(task: u64, out: &mut [u8; auditor_common::limits::TTY_LEN]) {
+    let Ok(signal) = read::<u64>(task, off!(task_signal)) else {
+        return;
+    };
+    let Ok(tty) = read::<u64>(signal, off!(signal_tty)) else {
+        return;
+    };
+    if tty == 0 {
+        return;
+    }
+    // SAFETY: bounded by `out`'s length; the helper NUL-terminates.
+    unsafe {
+        let _ = aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(
+            (tty + off!(tty_name)) as *const u8,
+            out,
+        );
+    }
+}

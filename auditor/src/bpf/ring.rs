@@ -1,0 +1,139 @@
+//! The kernel -> user channel: the ring buffer, and the per-CPU loss counters that the
+//! programs bump when it is full.
+
+use auditor_common::{LossCounter, names};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("the eBPF object has no map `{0}`")]
+    MissingMap(&'static str),
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// Takes the ring buffer out of the loaded object.
+pub fn take_ring(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, RingError> {
+    let map = ebpf
+        .take_map(names::EVENTS)
+        .ok_or(RingError::MissingMap(names::EVENTS))?;
+    RingBuf::try_from(map).map_err(|source| RingError::Map {
+        name: names::EVENTS,
+        source,
+    })
+}
+
+/// Reads the kernel's per-CPU loss counters and reports what changed since last time.
+pub struct LossReader {
+    map: PerCpuArray<MapData, LossCounter>,
+    last: Vec<LossCounter>,
+}
+
+/// Losses newly counted since the previous poll.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LossDelta {
+    pub records: u64,
+    pub bytes: u64,
+    /// Earliest and latest drop among the CPUs that dropped (boot-clock ns).
+    pub first_boot_ns: u64,
+    pub last_boot_ns: u64,
+    /// `(cpu, records)` for each CPU that dropped.
+    pub per_cpu: Vec<(u32, u64)>,
+    /// Cumulative totals since load.
+    pub total_records: u64,
+    pub total_bytes: u64,
+}
+
+impl LossReader {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, RingError> {
+        let map = ebpf
+            .take_map(names::LOSS)
+            .ok_or(RingError::MissingMap(names::LOSS))?;
+        let map = PerCpuArray::try_from(map).map_err(|source| RingError::Map {
+            name: names::LOSS,
+            source,
+        })?;
+        Ok(Self {
+            map,
+            last: Vec::new(),
+        })
+    }
+
+    /// Polls the counters. `None` when nothing new was dropped.
+    pub fn poll(&mut self) -> Result<Option<LossDelta>, RingError> {
+        let values = self.map.get(&0, 0).map_err(|source| RingError::Map {
+            name: names::LOSS,
+            source,
+        })?;
+        let now: Vec<LossCounter> = values.iter().copied().collect();
+        let delta = diff(&self.last, &now);
+        self.last = now;
+        Ok(delta)
+    }
+}
+
+/// Pure part of [`LossReader::poll`], unit-tested.
+pub fn diff(before: &[LossCounter], now: &[LossCounter]) -> Option<LossDelta> {
+    let mut d = LossDelta::default();
+    for (cpu, c) in now.iter().enumerate() {
+        let prev = before.get(cpu).copied().unwrap_or_default();
+        d.total_records += c.records;
+        d.total_bytes += c.bytes;
+        let records = c.records.saturating_sub(prev.records);
+        if records == 0 {
+            continue;
+        }
+        d.records += records;
+        d.bytes += c.bytes.saturating_sub(prev.bytes);
+        // The first drop of this window on this CPU is at or after the previous `last`.
+        let first = if prev.records == 0 {
+            c.first_boot_ns
+        } else {
+            prev.last_boot_ns
+        };
+        if d.first_boot_ns == 0 || first < d.first_boot_ns {
+            d.first_boot_ns = first;
+        }
+        d.last_boot_ns = d.last_boot_ns.max(c.last_boot_ns);
+        d.per_cpu.push((cpu as u32, records));
+    }
+    (d.records > 0).then_some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn c(records: u64, first: u64, last: u64) -> LossCounter {
+        LossCounter {
+            records,
+            bytes: records * 100,
+            first_boot_ns: first,
+            last_boot_ns: last,
+        }
+    }
+
+    #[test]
+    fn reports_only_new_losses_with_their_window() {
+        assert_eq!(diff(&[], &[c(0, 0, 0), c(0, 0, 0)]), None);
+        let d = diff(&[], &[c(3, 10, 30), c(0, 0, 0)]).unwrap();
+        assert_eq!(
+            (d.records, d.bytes, d.first_boot_ns, d.last_boot_ns),
+            (3, 300, 10, 30)
+        );
+        assert_eq!(d.per_cpu, vec![(0, 3)]);
+        let d = diff(&[c(3, 10, 30), c(0, 0, 0)], &[c(3, 10, 30), c(2, 40, 50)]).unwrap();
+        assert_eq!(
+            (d.records, d.first_boot_ns, d.last_boot_ns, d.total_records),
+            (2, 40, 50, 5)
+        );
+        assert_eq!(diff(&[c(3, 10, 30)], &[c(3, 10, 30)]), None);
+    }
+}

@@ -1,0 +1,237 @@
+//! Command line: raw flags (clap) -> validated options. Every bad value is refused with
+//! a message naming the flag, the value and what is allowed.
+
+use std::path::PathBuf;
+
+use auditor_common::{Settings, limits};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::bpf::LoadOptions;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "auditor",
+    version,
+    about = "Kernel-level activity auditor: every exec, log tampering and connection, from eBPF."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log level for the daemon's own diagnostics (stderr): error, warn, info, debug, trace.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the eBPF programs and stream events.
+    Watch(WatchArgs),
+    /// Probe what this kernel allows and explain it; exits non-zero if auditor cannot run.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// JSON Lines (default when stdout is not a terminal).
+    Json,
+    /// One readable line per event (default on a terminal).
+    Pretty,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Directory tree to watch for log tampering (repeatable). Exec events are global.
+    #[arg(long = "path", value_name = "DIR")]
+    pub paths: Vec<PathBuf>,
+    /// Output format on stdout [default: pretty on a terminal, json otherwise].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Also append JSON Lines to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print nothing on stdout (use with --output).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Load this eBPF object instead of the embedded one (from `cargo xtask build-ebpf`).
+    #[arg(long, value_name = "PATH")]
+    pub obj: Option<PathBuf>,
+    /// argv capture cap in bytes (1024..=65536).
+    #[arg(long, value_name = "BYTES", default_value_t = limits::ARGV_BYTES_DEFAULT)]
+    pub argv_max_bytes: u32,
+    /// argv capture cap in arguments (1..=1024).
+    #[arg(long, value_name = "N", default_value_t = limits::ARGV_ARGS_DEFAULT)]
+    pub argv_max_args: u32,
+    /// Kernel ring buffer size: a power of two from 64K to 1G (suffixes K, M, G).
+    #[arg(long, value_name = "SIZE", default_value = "16M")]
+    pub ring_buffer_size: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Check with this eBPF object instead of the embedded one.
+    #[arg(long, value_name = "PATH")]
+    pub obj: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--argv-max-bytes {0}: must be between 1024 and {max}", max = limits::ARGV_BYTES_MAX)]
+    ArgvBytes(u32),
+    #[error("--argv-max-args {0}: must be between 1 and {max}", max = limits::ARGV_ARGS_MAX)]
+    ArgvArgs(u32),
+    #[error("--ring-buffer-size {0:?}: {1}")]
+    RingSize(String, &'static str),
+    #[error("--path {0}: {1}")]
+    Path(String, String),
+    #[error("--output {0}: {1}")]
+    Output(String, String),
+}
+
+/// `--path` values, validated: existing directories, absolute and canonical.
+pub fn watch_paths(raw: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+    raw.iter()
+        .map(|p| {
+            let shown = p.display().to_string();
+            let canon = std::fs::canonicalize(p)
+                .map_err(|e| ConfigError::Path(shown.clone(), e.to_string()))?;
+            if !canon.is_dir() {
+                return Err(ConfigError::Path(shown, "not a directory".into()));
+            }
+            Ok(canon)
+        })
+        .collect()
+}
+
+/// Parses "16M", "65536", "1G".
+pub fn parse_size(s: &str) -> Result<u64, &'static str> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "not a size (examples: 65536, 64K, 16M, 1G)")?;
+    n.checked_mul(mult).ok_or("too large")
+}
+
+impl WatchArgs {
+    /// Turns the flags into loader options.
+    pub fn load_options(&self) -> Result<LoadOptions, ConfigError> {
+        if !(1024..=limits::ARGV_BYTES_MAX).contains(&self.argv_max_bytes) {
+            return Err(ConfigError::ArgvBytes(self.argv_max_bytes));
+        }
+        if !(1..=limits::ARGV_ARGS_MAX).contains(&self.argv_max_args) {
+            return Err(ConfigError::ArgvArgs(self.argv_max_args));
+        }
+        let raw = self.ring_buffer_size.clone();
+        let ring = parse_size(&raw).map_err(|why| ConfigError::RingSize(raw.clone(), why))?;
+        if !ring.is_power_of_two() || !(64 << 10..=1 << 30).contains(&ring) {
+            return Err(ConfigError::RingSize(
+                raw,
+                "must be a power of two between 64K and 1G",
+            ));
+        }
+        if let Some(out) = &self.output
+            && out.is_dir()
+        {
+            return Err(ConfigError::Output(
+                out.display().to_string(),
+                "is a directory".into(),
+            ));
+        }
+        Ok(LoadOptions {
+            object: self.obj.clone(),
+            ring_bytes: ring as u32,
+            settings: Settings {
+                argv_bytes: self.argv_max_bytes,
+                argv_args: self.argv_max_args,
+                ..Settings::DEFAULT
+            },
+            ..LoadOptions::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn watch(args: &[&str]) -> Result<WatchArgs, clap::Error> {
+        let mut v = vec!["auditor", "watch"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).map(|c| match c.command {
+            Command::Watch(w) => w,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let o = watch(&[]).unwrap().load_options().unwrap();
+        assert_eq!(o.ring_bytes, 16 << 20);
+        assert_eq!(o.settings.argv_bytes, limits::ARGV_BYTES_DEFAULT);
+        assert!(o.settings.argv_bytes >= 16 * 1024 && o.settings.argv_args >= 512);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = watch(&["--argv-max-bytes", "10"])
+            .unwrap()
+            .load_options()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--argv-max-bytes 10: must be between 1024 and 65536"
+        );
+        let e = watch(&["--argv-max-args", "0"])
+            .unwrap()
+            .load_options()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--argv-max-args 0: must be between 1 and 1024"
+        );
+        let e = watch(&["--ring-buffer-size", "3M"])
+            .unwrap()
+            .load_options()
+            .unwrap_err();
+        assert!(e.to_string().contains("power of two"), "{e}");
+        let e = watch(&["--ring-buffer-size", "lots"])
+            .unwrap()
+            .load_options()
+            .unwrap_err();
+        assert!(e.to_string().contains("not a size"), "{e}");
+        let e = watch(&["--output", "/"])
+            .unwrap()
+            .load_options()
+            .unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        let e = watch_paths(&[PathBuf::from("/nonexistent/dir")]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("--path /nonexistent/dir: "),
+            "{e}"
+        );
+        let e = watch_paths(&[PathBuf::from("/etc/hostname")]).unwrap_err();
+        assert_eq!(e.to_string(), "--path /etc/hostname: not a directory");
+    }
+
+    #[test]
+    fn unknown_flags_are_refused() {
+        let e = watch(&["--no-such-flag"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        assert!(e.to_string().contains("--no-such-flag"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+}

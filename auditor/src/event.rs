@@ -1,0 +1,138 @@
+//! The events `auditor` emits: one JSON object per line (docs/EVENTS.md is the schema).
+//! Every record carries `schema_version`; fields are only ever added in a version.
+
+use serde::Serialize;
+
+/// Version of the JSON schema in docs/EVENTS.md.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    pub schema_version: u32,
+    /// Per-boot sequence number assigned by the daemon (1, 2, 3, ...; no gaps).
+    pub seq: u64,
+    /// Wall-clock time of the kernel capture (RFC 3339, UTC, nanoseconds).
+    pub time: String,
+    /// Kernel boot-clock nanoseconds of the capture (monotonic; for ordering).
+    pub boot_ns: u64,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Body {
+    Exec(Box<Exec>),
+    Loss(Loss),
+    DecodeError(DecodeErrorEvent),
+    AgentStart(AgentStart),
+}
+
+impl Body {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Exec(_) => "exec",
+            Body::Loss(_) => "loss",
+            Body::DecodeError(_) => "decode_error",
+            Body::AgentStart(_) => "agent_start",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Creds {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub euid: Option<u32>,
+    pub egid: Option<u32>,
+}
+
+/// One exec attempt: the entry (what was asked) joined with its exit (what happened).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Exec {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub euid: Option<u32>,
+    pub egid: Option<u32>,
+    /// Login uid; null when unset (a process not descended from a login).
+    pub auid: Option<u32>,
+    pub sessionid: Option<u32>,
+    /// Controlling terminal (e.g. "pts/0"); null without one.
+    pub tty: Option<String>,
+    /// Name of the calling process (before the exec).
+    pub comm: String,
+    /// Absolute path of the executable: from the kernel's `mm->exe_file` when the exec
+    /// succeeded, otherwise the filename argument made absolute against `cwd`.
+    pub exe: Option<String>,
+    /// "kernel" or "argument" (see `exe`).
+    pub exe_source: &'static str,
+    /// The filename argument exactly as passed.
+    pub filename: String,
+    pub argv: Vec<String>,
+    pub argv_truncated: bool,
+    /// Absolute working directory, resolved in the kernel.
+    pub cwd: Option<String>,
+    pub cgroup_id: u64,
+    /// "execve" or "execveat".
+    pub syscall: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirfd: Option<i32>,
+    /// Return code: 0 or -errno; null when the result never arrived.
+    pub ret: Option<i64>,
+    pub errno: Option<String>,
+    pub success: Option<bool>,
+    /// After a successful exec: the new image's name and credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creds_after: Option<Creds>,
+    /// Capture problems, as words: "argv_fault", "cwd_truncated", "result_missing", ...
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<&'static str>,
+}
+
+/// Records the kernel could not deliver (ring buffer full), or that were lost elsewhere.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Loss {
+    /// Where the loss happened: "kernel_ring_buffer".
+    pub source: &'static str,
+    /// Records lost in this window.
+    pub records: u64,
+    pub bytes: u64,
+    /// Wall-clock time of the first and latest loss in this window.
+    pub since: String,
+    pub until: String,
+    /// Records lost since the agent started.
+    pub total_records: u64,
+    pub per_cpu: Vec<CpuLoss>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CpuLoss {
+    pub cpu: u32,
+    pub records: u64,
+}
+
+/// A ring-buffer record that did not decode: kept, not dropped.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DecodeErrorEvent {
+    pub error: String,
+    pub len: usize,
+    /// The first bytes, hex.
+    pub head: String,
+}
+
+/// First record of every agent boot.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AgentStart {
+    pub version: &'static str,
+    pub boot_id: String,
+    pub hostname: String,
+    pub kernel: String,
+    pub argv_max_bytes: u32,
+    pub argv_max_args: u32,
+    pub ring_bytes: u32,
+}

@@ -1,0 +1,270 @@
+//! `auditor watch`: kernel ring buffer -> decode -> assemble -> sequence -> sinks.
+//!
+//! One async task reads the ring buffer (woken by epoll through `AsyncFd`), decodes,
+//! pairs and stamps records, and hands events to the sink thread over a bounded channel
+//! (full-queue policy: block; see `sink`). A 200 ms tick polls the kernel loss counters,
+//! expires exec entries whose exit never came, and re-samples the clock.
+
+use std::{future::Future, time::Duration};
+
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use crate::{
+    assemble::{Assembler, Stamped},
+    bpf::{self, LoadOptions, ring::LossReader},
+    clock::{self, Clock},
+    decode,
+    event::{AgentStart, Body, CpuLoss, DecodeErrorEvent, Event, Loss, SCHEMA_VERSION},
+    sink::{Sink, SinkError},
+};
+
+/// Events in flight between the reader and the sinks.
+pub const QUEUE_CAPACITY: usize = 16_384;
+const TICK: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Load(#[from] bpf::LoadError),
+    #[error(transparent)]
+    Ring(#[from] bpf::ring::RingError),
+    #[error("cannot poll the ring buffer: {0}")]
+    Poll(std::io::Error),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("the sink thread stopped unexpectedly")]
+    SinkGone,
+}
+
+pub struct WatchOptions {
+    pub load: LoadOptions,
+    pub boot_id: String,
+}
+
+/// Assigns per-boot sequence numbers and wall-clock times.
+pub struct Sequencer {
+    next: u64,
+    clock: Clock,
+}
+
+impl Sequencer {
+    pub fn new() -> Self {
+        Self {
+            next: 1,
+            clock: Clock::sample(),
+        }
+    }
+
+    pub fn resample(&mut self) {
+        self.clock = Clock::sample();
+    }
+
+    pub fn time(&self, boot_ns: u64) -> String {
+        self.clock.rfc3339(boot_ns)
+    }
+
+    pub fn stamp(&mut self, s: Stamped) -> Event {
+        let seq = self.next;
+        self.next += 1;
+        Event {
+            schema_version: SCHEMA_VERSION,
+            seq,
+            time: self.clock.rfc3339(s.boot_ns),
+            boot_ns: s.boot_ns,
+            body: s.body,
+        }
+    }
+}
+
+impl Default for Sequencer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn hex_head(b: &[u8]) -> String {
+    b.iter().take(32).map(|x| format!("{x:02x}")).collect()
+}
+
+/// Runs until `shutdown` resolves (or a fatal error). Everything already read from the
+/// kernel is delivered to the sinks before returning.
+pub async fn run(
+    opts: WatchOptions,
+    sinks: Vec<Box<dyn Sink>>,
+    ready: impl FnOnce(usize),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WatchError> {
+    let mut ebpf = bpf::load_and_attach(&opts.load)?;
+    let ring = bpf::ring::take_ring(&mut ebpf)?;
+    let mut losses = LossReader::new(&mut ebpf)?;
+    // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, for its whole life:
+    // the fd cannot be closed while registered.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| WatchError::Poll(e.into()))?;
+
+    let (tx, rx) = mpsc::channel::<Event>(QUEUE_CAPACITY);
+    let sink_thread = std::thread::Builder::new()
+        .name("auditor-sink".into())
+        .spawn(move || sink_loop(rx, sinks))
+        .map_err(|_| WatchError::SinkGone)?;
+
+    let mut seq = Sequencer::new();
+    let mut asm = Assembler::new();
+    let mut out: Vec<Stamped> = Vec::new();
+    let start = Stamped {
+        boot_ns: clock::boot_now_ns(),
+        body: Body::AgentStart(AgentStart {
+            version: env!("CARGO_PKG_VERSION"),
+            boot_id: opts.boot_id.clone(),
+            hostname: hostname(),
+            kernel: kernel_release(),
+            argv_max_bytes: opts.load.settings.argv_bytes,
+            argv_max_args: opts.load.settings.argv_args,
+            ring_bytes: opts.load.ring_bytes,
+        }),
+    };
+    tx.send(seq.stamp(start))
+        .await
+        .map_err(|_| WatchError::SinkGone)?;
+    ready(bpf::TRACEPOINTS.len());
+
+    let mut tick = tokio::time::interval(TICK);
+    tokio::pin!(shutdown);
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break Ok(()),
+            guard = ring.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => break Err(WatchError::Poll(e)),
+                };
+                if drain_ring(guard.get_inner_mut(), &mut asm, &mut out) {
+                    guard.clear_ready();
+                }
+            }
+            _ = tick.tick() => {
+                seq.resample();
+                asm.expire(clock::boot_now_ns(), &mut out);
+                match losses.poll() {
+                    Ok(Some(d)) => out.push(loss_event(&seq, d)),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("cannot read the kernel loss counters: {e}"),
+                }
+            }
+        }
+        if send_all(&tx, &mut seq, &mut out).await.is_err() {
+            break Err(WatchError::SinkGone);
+        }
+    };
+
+    // Shutdown: deliver what the kernel already handed over, and every pending entry.
+    while !drain_ring(ring.get_mut(), &mut asm, &mut out) {
+        let _ = send_all(&tx, &mut seq, &mut out).await;
+    }
+    asm.drain(&mut out);
+    if let Ok(Some(d)) = losses.poll() {
+        out.push(loss_event(&seq, d));
+    }
+    let _ = send_all(&tx, &mut seq, &mut out).await;
+    drop(tx);
+    let sink_result = sink_thread.join().map_err(|_| WatchError::SinkGone)?;
+    result?;
+    sink_result
+}
+
+/// Reads up to a batch of records; true when the ring is empty.
+fn drain_ring(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    asm: &mut Assembler,
+    out: &mut Vec<Stamped>,
+) -> bool {
+    while let Some(item) = ring.next() {
+        match decode::record(&item) {
+            Ok(rec) => asm.push(rec, out),
+            Err(e) => out.push(Stamped {
+                boot_ns: clock::boot_now_ns(),
+                body: Body::DecodeError(DecodeErrorEvent {
+                    error: e.to_string(),
+                    len: item.len(),
+                    head: hex_head(&item),
+                }),
+            }),
+        }
+        if out.len() >= 256 {
+            // Keep batches small so the sink sees events promptly; the caller sends them
+            // and comes back (the fd stays readable).
+            return false;
+        }
+    }
+    true
+}
+
+async fn send_all(
+    tx: &mpsc::Sender<Event>,
+    seq: &mut Sequencer,
+    out: &mut Vec<Stamped>,
+) -> Result<(), ()> {
+    out.sort_by_key(|s| s.boot_ns);
+    for s in out.drain(..) {
+        tx.send(seq.stamp(s)).await.map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+fn loss_event(seq: &Sequencer, d: bpf::ring::LossDelta) -> Stamped {
+    Stamped {
+        boot_ns: d.last_boot_ns,
+        body: Body::Loss(Loss {
+            source: "kernel_ring_buffer",
+            records: d.records,
+            bytes: d.bytes,
+            since: seq.time(d.first_boot_ns),
+            until: seq.time(d.last_boot_ns),
+            total_records: d.total_records,
+            per_cpu: d
+                .per_cpu
+                .into_iter()
+                .map(|(cpu, records)| CpuLoss { cpu, records })
+                .collect(),
+        }),
+    }
+}
+
+fn sink_loop(
+    mut rx: mpsc::Receiver<Event>,
+    mut sinks: Vec<Box<dyn Sink>>,
+) -> Result<(), WatchError> {
+    while let Some(ev) = rx.blocking_recv() {
+        for s in sinks.iter_mut() {
+            s.write(&ev)?;
+        }
+        if rx.is_empty() {
+            for s in sinks.iter_mut() {
+                s.flush()?;
+            }
+        }
+    }
+    for s in sinks.iter_mut() {
+        s.flush()?;
+    }
+    Ok(())
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A fresh id for this agent boot (the kernel's random UUID generator).
+pub fn new_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| format!("{}-{}", std::process::id(), clock::boot_now_ns()))
+}
