@@ -28,6 +28,127 @@ pub enum Command {
     Watch(WatchArgs),
     /// Probe what this kernel allows and explain it; exits non-zero if auditor cannot run.
     Check(CheckArgs),
+    /// The evidence vault: serve, enroll agents, verify, query, erase.
+    Vault(VaultArgs),
+}
+
+/// Where `auditor watch` keeps evidence when no remote vault is configured.
+pub const DEFAULT_LOCAL_VAULT: &str = "/var/lib/auditor/vault";
+
+#[derive(Debug, Args)]
+pub struct VaultArgs {
+    #[command(subcommand)]
+    pub command: VaultCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Run the vault server.
+    Serve {
+        /// Address to listen on, e.g. 0.0.0.0:8443 or 127.0.0.1:8443.
+        #[arg(long, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// Vault data directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Serve plain HTTP (no TLS). Only for tests and trusted networks.
+        #[arg(long)]
+        insecure_http: bool,
+        /// TLS certificate (PEM); without it a self-signed one is generated in DATA.
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by this CA (mutual TLS).
+        #[arg(long, value_name = "PEM")]
+        client_ca: Option<PathBuf>,
+        /// Seconds of silence after which a host gets an `agent_silent` record.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        silence_threshold: f64,
+        /// Largest accepted request body, compressed or not.
+        #[arg(long, value_name = "SIZE", default_value = "16M")]
+        max_body: String,
+    },
+    /// Enroll a host: prints its token once.
+    Enroll {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        host: String,
+    },
+    /// Revoke a host's token.
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        host: String,
+    },
+    /// Check every chain; exits non-zero naming the first broken record.
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+    },
+    /// Search the vault.
+    Query {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+        /// Inclusive start, RFC 3339 (2026-11-23T10:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Exclusive end, RFC 3339.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Event or record kind (repeatable): exec, loss, gap, agent_silent, erasure, ...
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        /// Glob over path, exe and paths[] (`*` stays within a directory, `**` crosses).
+        #[arg(long = "path", value_name = "GLOB")]
+        path_glob: Option<String>,
+        /// Only tamper-classified events.
+        #[arg(long)]
+        tamper_only: bool,
+        /// Text that argv (joined by spaces) must contain.
+        #[arg(long = "argv", value_name = "TEXT")]
+        argv_contains: Option<String>,
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// json (JSON Lines) or table.
+        #[arg(long, value_enum, default_value = "json")]
+        format: QueryFormat,
+    },
+    /// Erase payloads (e.g. a GDPR request); the chain still verifies.
+    Erase {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// A record id, as `query` prints it (HOST/INDEX).
+        #[arg(
+            long,
+            value_name = "ID",
+            conflicts_with = "matching",
+            required_unless_present = "matching"
+        )]
+        record: Option<String>,
+        /// Every record whose FIELD (dotted, e.g. argv or tamper.kind) equals VALUE.
+        #[arg(long = "match", value_name = "FIELD=VALUE")]
+        matching: Option<String>,
+        /// Why (kept in the erasure record).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+        /// Who asked [default: $SUDO_USER or $USER].
+        #[arg(long, value_name = "NAME")]
+        who: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueryFormat {
+    Json,
+    Table,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,6 +176,15 @@ pub struct WatchArgs {
     /// Load this eBPF object instead of the embedded one (from `cargo xtask build-ebpf`).
     #[arg(long, value_name = "PATH")]
     pub obj: Option<PathBuf>,
+    /// Local vault directory used when no remote vault is configured.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_LOCAL_VAULT)]
+    pub vault_dir: PathBuf,
+    /// Do not keep events in the local vault (stdout/--output only).
+    #[arg(long)]
+    pub no_local_vault: bool,
+    /// Kernel BTF to take struct offsets from [default: /sys/kernel/btf/vmlinux].
+    #[arg(long, value_name = "PATH")]
+    pub btf: Option<PathBuf>,
     /// argv capture cap in bytes (1024..=65536).
     #[arg(long, value_name = "BYTES", default_value_t = limits::ARGV_BYTES_DEFAULT)]
     pub argv_max_bytes: u32,
@@ -150,7 +280,10 @@ impl WatchArgs {
                 argv_args: self.argv_max_args,
                 ..Settings::DEFAULT
             },
-            ..LoadOptions::default()
+            btf_path: self
+                .btf
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::bpf::btf::VMLINUX_BTF)),
         })
     }
 }

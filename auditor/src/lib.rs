@@ -14,4 +14,21 @@ pub mod decode;
 pub mod event;
 pub mod sink;
 pub mod vault;
+pub mod vault_cmd;
 pub mod watch;
+
+/// Resolves on SIGTERM or Ctrl-C (logging which), for graceful shutdown.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install the SIGTERM handler: {e}");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; flushing"),
+        _ = term.recv() => tracing::info!("SIGTERM; flushing"),
+    }
+}

@@ -5,7 +5,7 @@ use std::{io::IsTerminal, process::ExitCode};
 use anyhow::Context as _;
 use auditor::{
     cli::{Cli, Command, Format, WatchArgs, watch_paths},
-    sink::{JsonLines, Sink, file, pretty::Pretty},
+    sink::{JsonLines, Sink, file, local_vault::LocalVaultSink, pretty::Pretty},
     watch::{self, WatchOptions},
 };
 use clap::Parser;
@@ -22,10 +22,25 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("auditor: error: {e:#}");
+            eprintln!("auditor: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, leaving out a cause its parent's message already spells out.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -39,11 +54,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Watch(args) => watch_cmd(args),
+        Command::Vault(args) => {
+            let ok = auditor::vault_cmd::run(args.command)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }
 
 fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let load = args.load_options()?;
+    // SAFETY: no preconditions. Checked before any file is opened, so the error is the
+    // one that matters.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(auditor::bpf::LoadError::NotRoot.into());
+    }
     let paths = watch_paths(&args.paths)?;
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if !args.quiet {
@@ -60,28 +88,24 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.output {
         sinks.push(Box::new(file::open(path)?));
     }
-    let opts = WatchOptions {
-        load,
-        boot_id: watch::new_boot_id(),
-    };
+    let boot_id = watch::new_boot_id();
+    if !args.no_local_vault {
+        let host = watch::hostname();
+        let sink = LocalVaultSink::open(&args.vault_dir, &host, &boot_id).with_context(|| {
+            format!(
+                "opening the local vault {} (--vault-dir)",
+                args.vault_dir.display()
+            )
+        })?;
+        sinks.push(Box::new(sink));
+    }
+    let opts = WatchOptions { load, boot_id };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let shutdown = async {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!("cannot install the SIGTERM handler: {e}");
-                    return std::future::pending().await;
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; flushing"),
-                _ = term.recv() => tracing::info!("SIGTERM; flushing"),
-            }
-        };
+        let shutdown = auditor::shutdown_signal();
         let ready = |n: usize| {
             let watched: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
             tracing::info!("watching: {n} tracepoints attached; exec capture is global; watch paths: {watched:?}");

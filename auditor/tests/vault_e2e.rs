@@ -311,27 +311,55 @@ async fn restart_mid_stream_loses_nothing_and_stores_nothing_twice() {
 
     let server = Server::start(http_opts(data)).await;
     for chunk in [1..=10u64, 11..=20, 21..=30] {
-        let (s, r) = post(&client, &server.url("/v1/ingest"), &token, &batch("web1", "b1", chunk)).await;
+        let (s, r) = post(
+            &client,
+            &server.url("/v1/ingest"),
+            &token,
+            &batch("web1", "b1", chunk),
+        )
+        .await;
         assert_eq!(s, 200, "{r}");
     }
     server.stop().await;
 
     let server = Server::start(http_opts(data)).await;
     // The agent never saw the ack for 21..=30: it sends it again.
-    let (s, r) = post(&client, &server.url("/v1/ingest"), &token, &batch("web1", "b1", 21..=30)).await;
+    let (s, r) = post(
+        &client,
+        &server.url("/v1/ingest"),
+        &token,
+        &batch("web1", "b1", 21..=30),
+    )
+    .await;
     assert_eq!(s, 200, "{r}");
-    assert_eq!((r["stored"].as_u64(), r["duplicates"].as_u64()), (Some(0), Some(10)));
+    assert_eq!(
+        (r["stored"].as_u64(), r["duplicates"].as_u64()),
+        (Some(0), Some(10))
+    );
     assert_eq!(r["acked_through"], 30);
     // Overlapping batch: half old, half new.
-    let (s, r) = post(&client, &server.url("/v1/ingest"), &token, &batch("web1", "b1", 26..=50)).await;
+    let (s, r) = post(
+        &client,
+        &server.url("/v1/ingest"),
+        &token,
+        &batch("web1", "b1", 26..=50),
+    )
+    .await;
     assert_eq!(s, 200, "{r}");
-    assert_eq!((r["stored"].as_u64(), r["duplicates"].as_u64()), (Some(20), Some(5)));
+    assert_eq!(
+        (r["stored"].as_u64(), r["duplicates"].as_u64()),
+        (Some(20), Some(5))
+    );
     server.stop().await;
 
     let data_records = kinds(data, "data");
     let seqs: Vec<u64> = data_records.iter().map(|r| r.seq.unwrap()).collect();
     assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
-    assert_eq!(vault::query(data, &QueryFilter::default()).unwrap().len(), 50, "no system records");
+    assert_eq!(
+        vault::query(data, &QueryFilter::default()).unwrap().len(),
+        50,
+        "no system records"
+    );
     assert!(vault::verify(data, Some("web1"), false).unwrap().is_ok());
 }
 
@@ -367,7 +395,11 @@ async fn any_flipped_byte_fails_verify_and_names_the_record() {
         bad[i] ^= 0x01;
         std::fs::write(&seg, &bad).unwrap();
         let report = vault::verify(data, None, false).unwrap();
-        assert!(!report.is_ok(), "flip at byte {i} of {} went unnoticed", good.len());
+        assert!(
+            !report.is_ok(),
+            "flip at byte {i} of {} went unnoticed",
+            good.len()
+        );
     }
     std::fs::write(&seg, &good).unwrap();
     assert!(vault::verify(data, None, false).unwrap().is_ok());
@@ -391,12 +423,19 @@ async fn erase_keeps_verify_passing_and_the_bytes_are_gone() {
     assert_eq!(s, 200);
 
     // The server holds the writer lock: erase refuses rather than race it.
-    let err = vault::erase(data, EraseSelector::Record("web1/2".into()), "gdpr", "test").unwrap_err();
+    let err =
+        vault::erase(data, EraseSelector::Record("web1/2".into()), "gdpr", "test").unwrap_err();
     assert!(matches!(err, vault::VaultError::Locked(_)), "{err}");
     server.stop().await;
     assert!(!all_files_contain(data, marker.as_bytes()).is_empty());
 
-    let r1 = vault::erase(data, EraseSelector::Record("web1/2".into()), "GDPR request #12", "dpo").unwrap();
+    let r1 = vault::erase(
+        data,
+        EraseSelector::Record("web1/2".into()),
+        "GDPR request #12",
+        "dpo",
+    )
+    .unwrap();
     assert_eq!(r1.erased, ["web1/2"]);
     let r2 = vault::erase(
         data,
@@ -429,13 +468,27 @@ async fn erase_keeps_verify_passing_and_the_bytes_are_gone() {
     assert_eq!(p["records"], json!(["web1/3"]));
     assert_eq!(p["selector"], json!({"type": "match", "field": "argv"}));
     // Untouched records keep their payload.
-    assert!(all.iter().find(|r| r.id == "web1/4").unwrap().payload.is_some());
+    assert!(
+        all.iter()
+            .find(|r| r.id == "web1/4")
+            .unwrap()
+            .payload
+            .is_some()
+    );
 
     // Erasing again is reported, not repeated; vault records cannot be erased.
     let again = vault::erase(data, EraseSelector::Record("web1/2".into()), "again", "dpo").unwrap();
     assert_eq!(again.already_erased, ["web1/2"]);
     assert!(again.erasure_records.is_empty());
-    assert!(vault::erase(data, EraseSelector::Record(erasures[0].id.clone()), "x", "dpo").is_err());
+    assert!(
+        vault::erase(
+            data,
+            EraseSelector::Record(erasures[0].id.clone()),
+            "x",
+            "dpo"
+        )
+        .is_err()
+    );
 
     // The server restarts on the erased store, and the resend of an erased seq stays a duplicate.
     let server = Server::start(http_opts(data)).await;
@@ -472,51 +525,125 @@ async fn rejected_requests_get_clear_errors_and_leave_the_store_unchanged() {
 
     let good = serde_json::to_vec(&batch("web1", "b", 4..=6)).unwrap();
     let mut cases: Vec<(&str, u16, (u16, Value))> = Vec::new();
-    cases.push(("wrong token", 401, post(&client, &url, "avt_nope", &batch("web1", "b", 4..=6)).await));
-    let r = client.post(&url).json(&batch("web1", "b", 4..=6)).send().await.unwrap();
-    cases.push(("no token", 401, (r.status().as_u16(), r.json().await.unwrap())));
-    cases.push(("other host's token", 403, post(&client, &url, &other, &batch("web1", "b", 4..=6)).await));
-    cases.push(("malformed JSON", 400, post_raw(&client, &url, &token, b"{\"host\":\"web1\",".to_vec(), false).await));
+    cases.push((
+        "wrong token",
+        401,
+        post(&client, &url, "avt_nope", &batch("web1", "b", 4..=6)).await,
+    ));
+    let r = client
+        .post(&url)
+        .json(&batch("web1", "b", 4..=6))
+        .send()
+        .await
+        .unwrap();
+    cases.push((
+        "no token",
+        401,
+        (r.status().as_u16(), r.json().await.unwrap()),
+    ));
+    cases.push((
+        "other host's token",
+        403,
+        post(&client, &url, &other, &batch("web1", "b", 4..=6)).await,
+    ));
+    cases.push((
+        "malformed JSON",
+        400,
+        post_raw(
+            &client,
+            &url,
+            &token,
+            b"{\"host\":\"web1\",".to_vec(),
+            false,
+        )
+        .await,
+    ));
     cases.push((
         "missing field",
         400,
-        post(&client, &url, &token, &json!({"host": "web1", "records": []})).await,
+        post(
+            &client,
+            &url,
+            &token,
+            &json!({"host": "web1", "records": []}),
+        )
+        .await,
     ));
     cases.push((
         "seq 0",
         400,
-        post(&client, &url, &token, &json!({"host": "web1", "boot_id": "b", "records": [{"seq": 0, "event": {}}]})).await,
+        post(
+            &client,
+            &url,
+            &token,
+            &json!({"host": "web1", "boot_id": "b", "records": [{"seq": 0, "event": {}}]}),
+        )
+        .await,
     ));
     cases.push((
         "event not an object",
         400,
-        post(&client, &url, &token, &json!({"host": "web1", "boot_id": "b", "records": [{"seq": 9, "event": "x"}]})).await,
+        post(
+            &client,
+            &url,
+            &token,
+            &json!({"host": "web1", "boot_id": "b", "records": [{"seq": 9, "event": "x"}]}),
+        )
+        .await,
     ));
     let compressed = gz(&good);
     cases.push((
         "truncated gzip",
         400,
-        post_raw(&client, &url, &token, compressed[..compressed.len() - 9].to_vec(), true).await,
+        post_raw(
+            &client,
+            &url,
+            &token,
+            compressed[..compressed.len() - 9].to_vec(),
+            true,
+        )
+        .await,
     ));
-    cases.push(("not gzip at all", 400, post_raw(&client, &url, &token, good.clone(), true).await));
+    cases.push((
+        "not gzip at all",
+        400,
+        post_raw(&client, &url, &token, good.clone(), true).await,
+    ));
     let huge = serde_json::to_vec(&json!({"host": "web1", "boot_id": "b", "records": [
         {"seq": 4, "event": {"kind": "exec", "argv": ["x".repeat(100 * 1024)]}}]}))
     .unwrap();
-    cases.push(("oversized body", 413, post_raw(&client, &url, &token, huge.clone(), false).await));
+    cases.push((
+        "oversized body",
+        413,
+        post_raw(&client, &url, &token, huge.clone(), false).await,
+    ));
     // Small on the wire, big once inflated: a gzip bomb.
     let bomb = gz(&huge);
     assert!(bomb.len() < 64 * 1024);
-    cases.push(("gzip bomb", 413, post_raw(&client, &url, &token, bomb, true).await));
+    cases.push((
+        "gzip bomb",
+        413,
+        post_raw(&client, &url, &token, bomb, true).await,
+    ));
     for (what, want, (got, body)) in &cases {
         assert_eq!(got, want, "{what}: {body}");
-        let msg = body["error"].as_str().unwrap_or_else(|| panic!("{what}: no error message: {body}"));
+        let msg = body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no error message: {body}"));
         assert!(!msg.is_empty());
     }
     // A replay of acknowledged records is acknowledged again and stored nothing.
     let (s, r) = post(&client, &url, &token, &batch("web1", "b", 1..=3)).await;
     assert_eq!(s, 200);
-    assert_eq!((r["stored"].as_u64(), r["duplicates"].as_u64()), (Some(0), Some(3)));
-    assert_eq!(snapshot(data), before, "store changed by a rejected or replayed request");
+    assert_eq!(
+        (r["stored"].as_u64(), r["duplicates"].as_u64()),
+        (Some(0), Some(3))
+    );
+    assert_eq!(
+        snapshot(data),
+        before,
+        "store changed by a rejected or replayed request"
+    );
 
     // A revoked token stops working at once, on the running server.
     vault::revoke(data, "web1").unwrap();
@@ -553,7 +680,10 @@ async fn gaps_out_of_order_and_conflicting_replays_are_recorded() {
     let forged = json!({"host": "web1", "boot_id": "b", "records": [{"seq": 2, "event": exec(2, &["forged"])}]});
     let (s, r) = post(&client, &url, &token, &forged).await;
     assert_eq!(s, 200);
-    assert_eq!((r["stored"].as_u64(), r["conflicts"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (r["stored"].as_u64(), r["conflicts"].as_u64()),
+        (Some(0), Some(1))
+    );
     // A new boot starting past 1 is a gap too.
     let (s, _) = post(&client, &url, &token, &batch("web1", "b2", [3])).await;
     assert_eq!(s, 200);
@@ -562,11 +692,24 @@ async fn gaps_out_of_order_and_conflicting_replays_are_recorded() {
     let gaps = kinds(data, "gap");
     assert_eq!(gaps.len(), 2);
     let g = gaps[0].payload.as_ref().unwrap();
-    assert_eq!((g["host"].as_str(), g["boot_id"].as_str()), (Some("web1"), Some("b")));
-    assert_eq!((g["from"].as_u64(), g["to"].as_u64(), g["count"].as_u64()), (Some(3), Some(4), Some(2)));
+    assert_eq!(
+        (g["host"].as_str(), g["boot_id"].as_str()),
+        (Some("web1"), Some("b"))
+    );
+    assert_eq!(
+        (g["from"].as_u64(), g["to"].as_u64(), g["count"].as_u64()),
+        (Some(3), Some(4), Some(2))
+    );
     assert!(g["noticed_at"].as_str().unwrap().starts_with("20"));
     let g2 = gaps[1].payload.as_ref().unwrap();
-    assert_eq!((g2["boot_id"].as_str(), g2["from"].as_u64(), g2["to"].as_u64()), (Some("b2"), Some(1), Some(2)));
+    assert_eq!(
+        (
+            g2["boot_id"].as_str(),
+            g2["from"].as_u64(),
+            g2["to"].as_u64()
+        ),
+        (Some("b2"), Some(1), Some(2))
+    );
 
     let ooo = kinds(data, "out_of_order");
     assert_eq!(ooo.len(), 1);
@@ -596,10 +739,20 @@ async fn a_silent_agent_gets_one_record_per_episode_and_heartbeats_report_loss()
     opts.silence_threshold = Duration::from_millis(800);
     let server = Server::start(opts).await;
     let client = reqwest::Client::new();
-    let (s, _) = post(&client, &server.url("/v1/ingest"), &token, &batch("web1", "b", [1])).await;
+    let (s, _) = post(
+        &client,
+        &server.url("/v1/ingest"),
+        &token,
+        &batch("web1", "b", [1]),
+    )
+    .await;
     assert_eq!(s, 200);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(kinds(data, "agent_silent").len(), 1, "one record per episode, not per tick");
+    assert_eq!(
+        kinds(data, "agent_silent").len(),
+        1,
+        "one record per episode, not per tick"
+    );
 
     let hb = json!({"host": "web1", "boot_id": "b", "last_seq": 1,
         "loss": {"kernel_records": 3, "spool_dropped": 0}});
@@ -616,14 +769,26 @@ async fn a_silent_agent_gets_one_record_per_episode_and_heartbeats_report_loss()
     let sequence: Vec<&str> = all.iter().map(|r| r.record_kind.as_str()).collect();
     assert_eq!(
         sequence,
-        ["data", "agent_silent", "agent_resumed", "loss_report", "agent_silent"]
+        [
+            "data",
+            "agent_silent",
+            "agent_resumed",
+            "loss_report",
+            "agent_silent"
+        ]
     );
     let silent = all[1].payload.as_ref().unwrap();
     assert_eq!(silent["host"], "web1");
     assert_eq!(silent["last_boot_id"], "b");
     assert_eq!(silent["last_seq"], 1);
     let loss = all[3].payload.as_ref().unwrap();
-    assert_eq!((loss["kernel_records"].as_u64(), loss["spool_dropped"].as_u64()), (Some(3), Some(0)));
+    assert_eq!(
+        (
+            loss["kernel_records"].as_u64(),
+            loss["spool_dropped"].as_u64()
+        ),
+        (Some(3), Some(0))
+    );
     assert!(vault::verify(data, None, false).unwrap().is_ok());
 }
 
@@ -639,7 +804,10 @@ async fn tls_with_the_generated_self_signed_certificate() {
     let fp = vault::cert_fingerprint(&cert).unwrap();
     assert_eq!(fp.len(), 32 * 3 - 1, "{fp}");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o077, 0);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o077,
+        0
+    );
 
     let pem = std::fs::read(&cert).unwrap();
     let pinned = reqwest::Client::builder()
@@ -651,7 +819,10 @@ async fn tls_with_the_generated_self_signed_certificate() {
     let (s, r) = post(&pinned, &url, &token, &batch("web1", "b", 1..=2)).await;
     assert_eq!(s, 200, "{r}");
     let health = pinned
-        .get(format!("https://127.0.0.1:{}/v1/health", server.addr.port()))
+        .get(format!(
+            "https://127.0.0.1:{}/v1/health",
+            server.addr.port()
+        ))
         .send()
         .await
         .unwrap();
@@ -662,8 +833,23 @@ async fn tls_with_the_generated_self_signed_certificate() {
         .tls_built_in_root_certs(false)
         .build()
         .unwrap();
-    assert!(untrusting.get(format!("https://localhost:{}/v1/health", server.addr.port())).send().await.is_err());
-    assert!(reqwest::Client::new().get(server.url("/v1/health")).send().await.is_err());
+    assert!(
+        untrusting
+            .get(format!(
+                "https://localhost:{}/v1/health",
+                server.addr.port()
+            ))
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        reqwest::Client::new()
+            .get(server.url("/v1/health"))
+            .send()
+            .await
+            .is_err()
+    );
     server.stop().await;
 
     // The certificate is reused on the next start.
@@ -682,7 +868,13 @@ async fn a_torn_append_is_cut_off_on_start_and_never_read_as_data() {
     let token = vault::enroll(data, "web1").unwrap();
     let client = reqwest::Client::new();
     let server = Server::start(http_opts(data)).await;
-    let (s, _) = post(&client, &server.url("/v1/ingest"), &token, &batch("web1", "b", 1..=3)).await;
+    let (s, _) = post(
+        &client,
+        &server.url("/v1/ingest"),
+        &token,
+        &batch("web1", "b", 1..=3),
+    )
+    .await;
     assert_eq!(s, 200);
     server.stop().await;
 
@@ -694,20 +886,37 @@ async fn a_torn_append_is_cut_off_on_start_and_never_read_as_data() {
     torn.extend_from_slice(&good[8..8 + 60]);
     std::fs::write(&seg, &torn).unwrap();
     let report = vault::verify(data, None, false).unwrap();
-    let f = report.first_failure().expect("a torn tail with no writer running is reported");
-    assert_eq!((f.record.as_str(), f.offset), ("web1/4", frame_start as u64));
+    let f = report
+        .first_failure()
+        .expect("a torn tail with no writer running is reported");
+    assert_eq!(
+        (f.record.as_str(), f.offset),
+        ("web1/4", frame_start as u64)
+    );
 
     let server = Server::start(http_opts(data)).await;
-    let (s, r) = post(&client, &server.url("/v1/ingest"), &token, &batch("web1", "b", 3..=4)).await;
+    let (s, r) = post(
+        &client,
+        &server.url("/v1/ingest"),
+        &token,
+        &batch("web1", "b", 3..=4),
+    )
+    .await;
     assert_eq!(s, 200, "{r}");
-    assert_eq!((r["stored"].as_u64(), r["duplicates"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (r["stored"].as_u64(), r["duplicates"].as_u64()),
+        (Some(1), Some(1))
+    );
     server.stop().await;
 
     let all = vault::query(data, &QueryFilter::default()).unwrap();
     let sequence: Vec<&str> = all.iter().map(|r| r.record_kind.as_str()).collect();
     assert_eq!(sequence, ["data", "data", "data", "recovery", "data"]);
     let rec = all[3].payload.as_ref().unwrap();
-    assert_eq!((rec["offset"].as_u64(), rec["bytes"].as_u64()), (Some(frame_start as u64), Some(60)));
+    assert_eq!(
+        (rec["offset"].as_u64(), rec["bytes"].as_u64()),
+        (Some(frame_start as u64), Some(60))
+    );
     let q = data.join("hosts/web1/quarantine");
     let kept: Vec<_> = std::fs::read_dir(&q).unwrap().collect();
     assert_eq!(kept.len(), 1);
@@ -736,4 +945,74 @@ fn local_vault_writes_the_same_verifiable_format() {
     let sequence: Vec<&str> = all.iter().map(|r| r.record_kind.as_str()).collect();
     assert_eq!(sequence, ["data", "data", "data", "gap", "data"]);
     assert!(vault::verify(data, Some("laptop"), false).unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let token = vault::enroll(data, "web1").unwrap();
+
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let mut client_params = rcgen::CertificateParams::new(vec!["agent-web1".to_owned()]).unwrap();
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
+    let ca_path = data.join("client-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+
+    let mut opts = http_opts(data);
+    opts.insecure_http = false;
+    opts.client_ca = Some(ca_path);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(vault::serve_on(listener, opts, async move {
+        let _ = rx.await;
+    }));
+    let (cert, _) = vault::self_signed_paths(data);
+    for _ in 0..250 {
+        if std::fs::metadata(&cert).is_ok_and(|m| m.len() > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+    let url = format!("https://localhost:{port}/v1/ingest");
+
+    let anonymous = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root.clone())
+        .build()
+        .unwrap();
+    let refused = anonymous
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&batch("web1", "b", [1]))
+        .send()
+        .await;
+    assert!(refused.is_err(), "no client certificate, yet {refused:?}");
+
+    let identity = format!("{}{}", client_cert.pem(), client_key.serialize_pem());
+    let with_cert = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let (s, r) = post(&with_cert, &url, &token, &batch("web1", "b", [1])).await;
+    assert_eq!(s, 200, "{r}");
+
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(kinds(data, "data").len(), 1);
 }

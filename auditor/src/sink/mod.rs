@@ -4,6 +4,7 @@
 //! the kernel ring fills, and only the kernel drops, counting every record it drops.
 
 pub mod file;
+pub mod local_vault;
 pub mod pretty;
 
 use std::io::Write;

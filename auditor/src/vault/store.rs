@@ -386,10 +386,9 @@ impl HostStore {
             buf.extend_from_slice(&r.encode());
         }
         let old_len = *len;
-        let write =
-            (&*file)
-                .write_all(&buf)
-                .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        let write = (&*file)
+            .write_all(&buf)
+            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
         if let Err(e) = write {
             // Leave no partial frames behind; if even that fails, stop appending.
             if let Err(e2) = file.set_len(old_len).and_then(|()| file.sync_data()) {
