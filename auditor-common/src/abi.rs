@@ -18,6 +18,27 @@ pub mod kind {
     /// `execve`/`execveat` exit: the return code, and for a success the new image's
     /// executable path and credentials.
     pub const EXEC_RESULT: u16 = 2;
+    /// A file operation on a watched tree (delete, rename, truncate, open with O_TRUNC),
+    /// at syscall entry: the attempt.
+    pub const FILE: u16 = 3;
+    /// The return value of a syscall whose entry record was emitted (paired on the tid).
+    pub const SYSCALL_RESULT: u16 = 4;
+}
+
+/// `FileEvent::op` values: which syscall.
+pub mod file_op {
+    pub const UNLINK: u32 = 1;
+    pub const UNLINKAT: u32 = 2;
+    pub const RMDIR: u32 = 3;
+    pub const RENAME: u32 = 4;
+    pub const RENAMEAT: u32 = 5;
+    pub const RENAMEAT2: u32 = 6;
+    pub const TRUNCATE: u32 = 7;
+    pub const FTRUNCATE: u32 = 8;
+    pub const OPEN: u32 = 9;
+    pub const OPENAT: u32 = 10;
+    pub const OPENAT2: u32 = 11;
+    pub const CREAT: u32 = 12;
 }
 
 /// `ExecEvent::syscall` values.
@@ -49,6 +70,20 @@ pub mod flags {
     pub const NO_OFFSETS: u32 = 1 << 8;
     /// `execveat` was given a directory fd whose path was resolved into the cwd region.
     pub const DIRFD_RESOLVED: u32 = 1 << 9;
+    /// File events: the first / second name argument did not fit or could not be read.
+    pub const NAME1_TRUNCATED: u32 = 1 << 10;
+    pub const NAME1_FAULT: u32 = 1 << 11;
+    pub const NAME2_TRUNCATED: u32 = 1 << 12;
+    pub const NAME2_FAULT: u32 = 1 << 13;
+    /// File events: the base directory (or the fd's file) walk of path 1 / 2 was cut or
+    /// failed.
+    pub const BASE1_TRUNCATED: u32 = 1 << 14;
+    pub const BASE1_FAULT: u32 = 1 << 15;
+    pub const BASE2_TRUNCATED: u32 = 1 << 16;
+    pub const BASE2_FAULT: u32 = 1 << 17;
+    /// File events: path 1 / 2 is inside a watched tree (why the record was emitted).
+    pub const PATH1_WATCHED: u32 = 1 << 18;
+    pub const PATH2_WATCHED: u32 = 1 << 19;
 }
 
 /// Caps compiled into the eBPF programs. Runtime configuration may lower, never raise them.
@@ -75,6 +110,14 @@ pub mod limits {
     pub const TAIL_WINDOW: usize = 1 << 17;
     pub const TAIL_SLACK: usize = 1 << 17;
     pub const TAIL_BUF: usize = TAIL_WINDOW + TAIL_SLACK;
+    /// Watched path prefixes (absolute, no trailing slash) the kernel compares names with.
+    pub const WATCH_PREFIXES_MAX: u32 = 64;
+    /// Longest watched prefix, bytes.
+    pub const PREFIX_LEN_MAX: usize = 256;
+    /// Watched directories identified by (device, inode) for relative names.
+    pub const WATCH_INODES_MAX: u32 = 4096;
+    /// Threads with an emitted entry waiting for their syscall exit.
+    pub const INFLIGHT_MAX: u32 = 16_384;
     /// The kernel's TASK_COMM_LEN.
     pub const COMM_LEN: usize = 16;
     /// `tty_struct::name` length.
@@ -87,6 +130,9 @@ pub mod names {
     pub const LOSS: &str = "LOSS";
     pub const SCRATCH: &str = "SCRATCH";
     pub const OFFSETS: &str = "OFFSETS";
+    pub const WATCH_PREFIXES: &str = "WATCH_PREFIXES";
+    pub const WATCH_INODES: &str = "WATCH_INODES";
+    pub const INFLIGHT: &str = "INFLIGHT";
     pub const SETTINGS: &str = "SETTINGS";
 }
 
@@ -171,6 +217,80 @@ pub struct ExecResultEvent {
     pub comm: [u8; limits::COMM_LEN],
 }
 
+/// `kind::FILE`. Tail: name1 (raw argument, no NUL), base1 path blob, name2, base2 blob.
+///
+/// `base` is the directory a relative name resolves against (the cwd or the dirfd's
+/// directory), walked in the kernel; empty for an absolute name. For `ftruncate` name1 is
+/// empty and base1 is the path of the file the fd refers to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileEvent {
+    pub header: Header,
+    pub ppid: u32,
+    pub flags: u32,
+    pub creds: Creds,
+    pub cgroup_id: u64,
+    /// One of [`file_op`].
+    pub op: u32,
+    pub dirfd1: i32,
+    pub dirfd2: i32,
+    /// AT_REMOVEDIR, RENAME_* or open flags.
+    pub op_flags: u32,
+    /// truncate length, or open mode.
+    pub arg: u64,
+    /// ftruncate's fd (-1 otherwise).
+    pub fd: i32,
+    pub name1_len: u32,
+    pub base1_len: u32,
+    pub name2_len: u32,
+    pub base2_len: u32,
+    pub _pad: u32,
+    pub comm: [u8; limits::COMM_LEN],
+}
+
+/// `kind::SYSCALL_RESULT`: the exit of a syscall whose entry record was emitted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallResultEvent {
+    pub header: Header,
+    pub ret: i64,
+    /// The entry's `op`.
+    pub op: u32,
+    pub _pad: u32,
+}
+
+/// A watched prefix as the kernel compares it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchPrefix {
+    pub len: u32,
+    /// `watch_mode::TREE`: the prefix and everything below it; `watch_mode::ENTRIES`:
+    /// only the prefix directory's direct entries (home directories: history files).
+    pub mode: u32,
+    pub bytes: [u8; limits::PREFIX_LEN_MAX],
+}
+
+/// Key of a watched directory: `super_block.s_dev` and inode number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// `WATCH_INODES` values.
+pub mod watch_mode {
+    /// The whole tree below this directory is watched.
+    pub const TREE: u8 = 1;
+    /// Only the directory's own entries are of interest (a home directory, for its shell
+    /// history files); userspace filters by name.
+    pub const ENTRIES: u8 = 2;
+    /// An ancestor of a watched tree (e.g. `/var` for `/var/log`): a relative name from
+    /// here may lead into the tree (`cd /var && rm log/x`); userspace decides.
+    pub const ANCESTOR: u8 = 3;
+}
+
 /// Per-CPU counter of records the kernel could not hand to userspace (ring buffer full).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -195,6 +315,11 @@ pub struct Settings {
     /// The daemon's own tgid: its execs are still recorded (nothing is exempt), this is
     /// reserved for the self-protection hooks.
     pub self_tgid: u32,
+    /// Number of valid `WATCH_PREFIXES` entries; 0 with `file_filter` set means no file
+    /// event is emitted for absolute names.
+    pub prefix_count: u32,
+    /// 1: file events only for watched trees; 0: every file event (debugging).
+    pub file_filter: u32,
     pub _pad: u32,
 }
 
@@ -203,6 +328,8 @@ impl Settings {
         argv_bytes: limits::ARGV_BYTES_DEFAULT,
         argv_args: limits::ARGV_ARGS_DEFAULT,
         self_tgid: 0,
+        prefix_count: 0,
+        file_filter: 1,
         _pad: 0,
     };
 }
@@ -238,12 +365,32 @@ const _: () = {
     assert!(offset_of!(ExecResultEvent, comm) == 72);
     assert!(size_of::<ExecResultEvent>() == 88);
     assert!(size_of::<LossCounter>() == 32);
-    assert!(size_of::<Settings>() == 16);
+    assert!(size_of::<Settings>() == 24);
+    assert!(offset_of!(FileEvent, ppid) == 32);
+    assert!(offset_of!(FileEvent, creds) == 40);
+    assert!(offset_of!(FileEvent, cgroup_id) == 64);
+    assert!(offset_of!(FileEvent, op) == 72);
+    assert!(offset_of!(FileEvent, op_flags) == 84);
+    assert!(offset_of!(FileEvent, arg) == 88);
+    assert!(offset_of!(FileEvent, fd) == 96);
+    assert!(offset_of!(FileEvent, name1_len) == 100);
+    assert!(offset_of!(FileEvent, base2_len) == 112);
+    assert!(offset_of!(FileEvent, comm) == 120);
+    assert!(size_of::<FileEvent>() == 136);
+    assert!(offset_of!(SyscallResultEvent, ret) == 32);
+    assert!(offset_of!(SyscallResultEvent, op) == 40);
+    assert!(size_of::<SyscallResultEvent>() == 48);
+    assert!(size_of::<WatchPrefix>() == 8 + limits::PREFIX_LEN_MAX);
+    assert!(size_of::<InodeKey>() == 16);
     // Every tail region fits the slack after a masked offset.
     assert!((limits::ARGV_BYTES_MAX as usize) < limits::TAIL_SLACK);
     assert!(
         (limits::FILENAME_MAX + 2 * limits::PATH_BYTES_MAX + limits::ARGV_BYTES_MAX) as usize
             <= limits::TAIL_WINDOW
+    );
+    // File records: two names and two path blobs.
+    assert!(
+        (2 * limits::FILENAME_MAX + 2 * limits::PATH_BYTES_MAX) as usize <= limits::TAIL_WINDOW
     );
 };
 
@@ -255,4 +402,8 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::offsets::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WatchPrefix {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InodeKey {}
 }

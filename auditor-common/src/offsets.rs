@@ -86,6 +86,10 @@ kernel_offsets! {
     files_fdt => "files_struct"."fdt",
     fdtable_max_fds => "fdtable"."max_fds",
     fdtable_fd => "fdtable"."fd",
+    dentry_inode => "dentry"."d_inode",
+    inode_ino => "inode"."i_ino",
+    inode_sb => "inode"."i_sb",
+    sb_dev => "super_block"."s_dev",
     /// Start of the argument array in a syscall tracepoint record.
     tp_enter_args => "syscall_trace_enter"."args",
     /// Return value in a syscall-exit tracepoint record.

@@ -43,6 +43,29 @@ static LOSS: PerCpuArray<LossCounter> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SCRATCH")]
 static SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
 
+/// One u64 per CPU to pass values through, see [`launder`].
+#[map(name = "LAUNDER")]
+static LAUNDER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Returns `v` unchanged, but as a value the verifier does not know: it is stored in a
+/// map and read back. After a bounded loop the exact byte count it produced is
+/// irrelevant to safety (every later use is masked), yet the verifier would otherwise
+/// explore everything after the loop once per possible count, multiplying states until
+/// it gives up (two path walks in one program exceeded the 1M-instruction budget).
+#[inline(always)]
+pub fn launder(v: u64) -> u64 {
+    match LAUNDER.get_ptr_mut(0) {
+        Some(p) => {
+            // SAFETY: per-CPU value owned by this CPU for the program's duration.
+            unsafe {
+                core::ptr::write_volatile(p, v);
+                core::ptr::read_volatile(p)
+            }
+        }
+        None => v,
+    }
+}
+
 /// This CPU's scratch buffer. Loop callbacks (`bpf_loop`) look it up again rather than
 /// receive a pointer through their context: simpler for the verifier, and the CPU cannot
 /// change while a program runs.
@@ -103,6 +126,18 @@ impl<T> Record<T> {
         Some(Self {
             base,
             tail_len: 0,
+            _t: core::marker::PhantomData,
+        })
+    }
+
+    /// Picks up a record a previous program (before a tail call) left in this CPU's
+    /// scratch buffer, with `tail_len` bytes of tail already written.
+    #[inline(always)]
+    pub fn resume(tail_len: u64) -> Option<Self> {
+        let base = scratch_base()?;
+        Some(Self {
+            base,
+            tail_len,
             _t: core::marker::PhantomData,
         })
     }

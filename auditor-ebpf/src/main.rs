@@ -12,6 +12,10 @@ mod emit;
 #[cfg(target_arch = "bpf")]
 mod exec;
 #[cfg(target_arch = "bpf")]
+mod file;
+#[cfg(target_arch = "bpf")]
+mod filter;
+#[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
 mod path;

@@ -12,11 +12,15 @@
 
 use core::ffi::c_void;
 
-use auditor_common::limits::{NAME_MAX, PATH_BYTES_MAX, PATH_DEPTH_MAX};
+use auditor_common::{
+    limits::{NAME_MAX, PATH_BYTES_MAX, PATH_DEPTH_MAX},
+    watch_mode,
+};
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};
 
 use crate::{
     emit::{Record, scratch_base, tail_ptr},
+    filter,
     kernel::{off, read},
 };
 
@@ -45,13 +49,31 @@ struct WalkCtx {
     start: u64,
     used: u64,
     state: u32,
-    _pad: u32,
+    /// File events: check each directory against the watched inodes; `in_tree` is set
+    /// when one is a watched tree, `first_mode` is the start directory's own mode.
+    check: u32,
+    in_tree: u64,
+    first_mode: u64,
 }
 
 /// Appends the path blob of `(vfsmnt, dentry)` to `rec`'s tail. Returns how the walk
 /// ended and the blob's length.
 #[inline(always)]
 pub fn append<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64) -> (Walk, u32) {
+    let (walk, len, _) = walk::<T>(rec, vfsmnt, dentry, false);
+    (walk, len)
+}
+
+/// Like [`append`], also returning the watch mode of the start directory: `TREE` if it
+/// or an ancestor (across mounts) is a watched tree, else its own `ENTRIES`/`ANCESTOR`
+/// mode, else 0.
+#[inline(always)]
+pub fn append_checked<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64) -> (Walk, u32, u8) {
+    walk::<T>(rec, vfsmnt, dentry, true)
+}
+
+#[inline(always)]
+fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk, u32, u8) {
     let mut ctx = WalkCtx {
         vfsmnt,
         dentry,
@@ -59,7 +81,9 @@ pub fn append<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64) -> (Walk, u32) {
         start: rec.tail_len,
         used: 0,
         state: STATE_RUNNING,
-        _pad: 0,
+        check: check as u32,
+        in_tree: 0,
+        first_mode: 0,
     };
     // SAFETY: the callback only touches `ctx` and this CPU's scratch buffer.
     unsafe {
@@ -70,22 +94,38 @@ pub fn append<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64) -> (Walk, u32) {
             0,
         );
     }
-    let used = ctx.used & 0xffff;
+    let used = crate::emit::launder(ctx.used) & 0xffff;
     rec.tail_len = ctx.start + used;
     let walk = match ctx.state {
         STATE_COMPLETE => Walk::Complete,
         STATE_FAULT => Walk::Fault,
         _ => Walk::Truncated, // out of depth, or of bytes
     };
-    (walk, used as u32)
+    // Laundered, so that branching on them here does not make the loop state precise.
+    let mode = if crate::emit::launder(ctx.in_tree) != 0 {
+        watch_mode::TREE
+    } else {
+        crate::emit::launder(ctx.first_mode) as u8
+    };
+    (walk, used as u32, mode)
 }
 
 /// One step up the tree. Returns 1 to stop the loop.
 #[inline(never)]
-extern "C" fn walk_step<T>(_i: u64, ctx: *mut c_void) -> i64 {
+extern "C" fn walk_step<T>(i: u64, ctx: *mut c_void) -> i64 {
     let ctx = ctx.cast::<WalkCtx>();
     // SAFETY: bpf_loop hands back the pointer `append` gave it.
     let c = unsafe { &mut *ctx };
+    if c.check != 0 {
+        // Branch-free accumulation through `launder`: the verifier sees no decision on
+        // these values, so its iterations of this callback still converge.
+        let mode = crate::emit::launder(u64::from(filter::inode_mode(c.dentry)));
+        // TREE is 1: bit 0 set, bit 1 clear (ENTRIES = 2, ANCESTOR = 3).
+        c.in_tree |= mode & !(mode >> 1) & 1;
+        // The start directory's own mode: only at step 0.
+        let first = ((i | i.wrapping_neg()) >> 63) ^ 1;
+        c.first_mode |= mode * first;
+    }
     let stop = |c: &mut WalkCtx, state: u32| {
         c.state = state;
         1
@@ -115,7 +155,10 @@ extern "C" fn walk_step<T>(_i: u64, ctx: *mut c_void) -> i64 {
     let Ok(len) = read::<u32>(c.dentry, off!(dentry_name) + off!(qstr_len)) else {
         return stop(c, STATE_FAULT);
     };
-    if c.used + len as u64 + 1 > PATH_BYTES_MAX as u64 {
+    // Through `launder`: the loop state stays imprecise, so the verifier's iterations of
+    // this callback converge instead of multiplying per byte count.
+    let used = crate::emit::launder(c.used);
+    if used + len as u64 + 1 > PATH_BYTES_MAX as u64 {
         return stop(c, STATE_FULL);
     }
     let Ok(name) = read::<u64>(c.dentry, off!(dentry_name) + off!(qstr_name)) else {
@@ -124,13 +167,13 @@ extern "C" fn walk_step<T>(_i: u64, ctx: *mut c_void) -> i64 {
     let Some(base) = scratch_base() else {
         return stop(c, STATE_FAULT);
     };
-    let dst = tail_ptr::<T>(base, c.start + c.used);
+    let dst = tail_ptr::<T>(base, c.start + used);
     // SAFETY: dst has at least TAIL_SLACK >= NAME_MAX bytes after it.
     let n = unsafe { bpf_probe_read_kernel_str(dst.cast(), NAME_MAX, name as *const _) };
     if n <= 0 {
         return stop(c, STATE_FAULT);
     }
-    c.used += n as u64;
+    c.used = used + n as u64;
     c.dentry = parent;
     0
 }

@@ -8,11 +8,16 @@
 
 use std::collections::HashMap;
 
-use auditor_common::{ID_UNKNOWN, flags, syscall};
+use auditor_common::{ID_UNKNOWN, file_op, flags, syscall};
 
 use crate::{
-    decode::{ExecRecord, ExecResultRecord, Record, path_from_blob, split_argv},
-    event::{Body, Creds, Exec},
+    classify::{self, FileAction},
+    decode::{
+        ExecRecord, ExecResultRecord, FileRecord, Record, SyscallResultRecord, path_from_blob,
+        split_argv,
+    },
+    event::{Body, Creds, Exec, FileOp},
+    watchlist::WatchList,
 };
 
 pub const MAX_PENDING: usize = 65_536;
@@ -28,6 +33,11 @@ pub struct Stamped {
 #[derive(Default)]
 pub struct Assembler {
     pending: HashMap<u32, ExecRecord>,
+    files: HashMap<u32, FileRecord>,
+    watch: Option<WatchList>,
+    /// File records the kernel passed up conservatively (a relative name from an
+    /// ancestor of a watched tree) that turned out to lie outside every watched tree.
+    pub out_of_scope: u64,
 }
 
 impl Assembler {
@@ -35,8 +45,15 @@ impl Assembler {
         Self::default()
     }
 
+    pub fn with_watch(watch: Option<WatchList>) -> Self {
+        Self {
+            watch,
+            ..Self::default()
+        }
+    }
+
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.files.len()
     }
 
     pub fn push(&mut self, rec: Record, out: &mut Vec<Stamped>) {
@@ -68,6 +85,32 @@ impl Assembler {
                     None => out.push(orphan_result(r)),
                 }
             }
+            Record::File(f) => {
+                if self.files.len() >= MAX_PENDING {
+                    let oldest = self
+                        .files
+                        .iter()
+                        .min_by_key(|(_, e)| e.header.boot_ns)
+                        .map(|(&t, _)| t);
+                    if let Some(e) = oldest.and_then(|t| self.files.remove(&t)) {
+                        self.emit_file(e, None, out);
+                    }
+                }
+                if let Some(prev) = self.files.insert(f.header.tid, f) {
+                    self.emit_file(prev, None, out);
+                }
+            }
+            Record::SyscallResult(r) => match self.files.remove(&r.header.tid) {
+                Some(e) => self.emit_file(e, Some(r), out),
+                None => out.push(orphan_file_result(&r)),
+            },
+        }
+    }
+
+    fn emit_file(&mut self, e: FileRecord, r: Option<SyscallResultRecord>, out: &mut Vec<Stamped>) {
+        match file_event(e, r, self.watch.as_ref()) {
+            Some(s) => out.push(s),
+            None => self.out_of_scope += 1,
         }
     }
 
@@ -84,6 +127,17 @@ impl Assembler {
                 out.push(exec_event(e, None));
             }
         }
+        let overdue: Vec<u32> = self
+            .files
+            .iter()
+            .filter(|(_, e)| now_boot_ns.saturating_sub(e.header.boot_ns) > RESULT_TIMEOUT_NS)
+            .map(|(&tid, _)| tid)
+            .collect();
+        for tid in overdue {
+            if let Some(e) = self.files.remove(&tid) {
+                self.emit_file(e, None, out);
+            }
+        }
     }
 
     /// Emits every pending entry (shutdown).
@@ -91,6 +145,10 @@ impl Assembler {
         let mut all: Vec<ExecRecord> = self.pending.drain().map(|(_, e)| e).collect();
         all.sort_by_key(|e| e.header.boot_ns);
         out.extend(all.into_iter().map(|e| exec_event(e, None)));
+        let files: Vec<FileRecord> = self.files.drain().map(|(_, e)| e).collect();
+        for f in files {
+            self.emit_file(f, None, out);
+        }
     }
 
     fn evict_oldest(&mut self, out: &mut Vec<Stamped>) {
@@ -172,6 +230,7 @@ fn exec_event(e: ExecRecord, r: Option<ExecResultRecord>) -> Stamped {
         comm_after: None,
         creds_after: None,
         warnings,
+        tamper: None,
         filename: filename.clone(),
     };
     // Until the kernel tells us which file it mapped, the best we have is the argument.
@@ -237,6 +296,240 @@ fn orphan_result(r: ExecResultRecord) -> Stamped {
     Stamped {
         boot_ns: r.header.boot_ns,
         body: Body::Exec(Box::new(ev)),
+    }
+}
+
+fn op_name(op: u32) -> &'static str {
+    match op {
+        file_op::UNLINK => "unlink",
+        file_op::UNLINKAT => "unlinkat",
+        file_op::RMDIR => "rmdir",
+        file_op::RENAME => "rename",
+        file_op::RENAMEAT => "renameat",
+        file_op::RENAMEAT2 => "renameat2",
+        file_op::TRUNCATE => "truncate",
+        file_op::FTRUNCATE => "ftruncate",
+        file_op::OPEN => "open",
+        file_op::OPENAT => "openat",
+        file_op::OPENAT2 => "openat2",
+        file_op::CREAT => "creat",
+        _ => "unknown",
+    }
+}
+
+const AT_FDCWD: i32 = -100;
+
+/// Absolute path of one name argument: the name if absolute, else the kernel-resolved
+/// base joined with it. `None` when the base could not be resolved.
+fn join_path(
+    name: &[u8],
+    base_blob: &[u8],
+    base_truncated: bool,
+    base_fault: bool,
+) -> Option<String> {
+    let name = lossy(name);
+    if name.starts_with('/') {
+        return Some(normalize(&name));
+    }
+    if base_fault {
+        return None;
+    }
+    let base = path_from_blob(base_blob, !base_truncated);
+    Some(if name.is_empty() {
+        base
+    } else if base_truncated {
+        format!("{base}/{name}")
+    } else {
+        normalize(&format!("{base}/{name}"))
+    })
+}
+
+fn op_flag_words(op: u32, fl: u32) -> Vec<&'static str> {
+    let mut w = Vec::new();
+    match op {
+        file_op::UNLINKAT if fl & 0x200 != 0 => w.push("AT_REMOVEDIR"),
+        file_op::RENAMEAT2 => {
+            for (bit, name) in [
+                (1, "RENAME_NOREPLACE"),
+                (2, "RENAME_EXCHANGE"),
+                (4, "RENAME_WHITEOUT"),
+            ] {
+                if fl & bit != 0 {
+                    w.push(name);
+                }
+            }
+        }
+        file_op::OPEN | file_op::OPENAT | file_op::OPENAT2 | file_op::CREAT => {
+            for (bit, name) in [
+                (0o1000, "O_TRUNC"),
+                (0o100, "O_CREAT"),
+                (0o200, "O_EXCL"),
+                (0o2000, "O_APPEND"),
+            ] {
+                if fl & bit != 0 {
+                    w.push(name);
+                }
+            }
+        }
+        _ => {}
+    }
+    w
+}
+
+/// Builds a file event, or `None` when neither path is in a watched tree (the kernel
+/// passes relative names from ancestors of watched trees up for this exact check).
+fn file_event(
+    e: FileRecord,
+    r: Option<SyscallResultRecord>,
+    watch: Option<&WatchList>,
+) -> Option<Stamped> {
+    let f = e.flags;
+    let mut warnings = Vec::new();
+    for (bit, word) in [
+        (flags::NAME1_TRUNCATED, "path_truncated"),
+        (flags::NAME1_FAULT, "path_fault"),
+        (flags::BASE1_TRUNCATED, "base_truncated"),
+        (flags::BASE1_FAULT, "base_unresolved"),
+        (flags::NAME2_TRUNCATED, "new_path_truncated"),
+        (flags::NAME2_FAULT, "new_path_fault"),
+        (flags::BASE2_TRUNCATED, "new_base_truncated"),
+        (flags::BASE2_FAULT, "new_base_unresolved"),
+    ] {
+        if f & bit != 0 {
+            warnings.push(word);
+        }
+    }
+    let is_rename = matches!(
+        e.op,
+        file_op::RENAME | file_op::RENAMEAT | file_op::RENAMEAT2
+    );
+    let raw1 = lossy(&e.name1);
+    let path1 = join_path(
+        &e.name1,
+        &e.base1_blob,
+        f & flags::BASE1_TRUNCATED != 0,
+        f & flags::BASE1_FAULT != 0,
+    );
+    let path2 = is_rename
+        .then(|| {
+            join_path(
+                &e.name2,
+                &e.base2_blob,
+                f & flags::BASE2_TRUNCATED != 0,
+                f & flags::BASE2_FAULT != 0,
+            )
+        })
+        .flatten();
+    let scope = |p: &Option<String>| match (watch, p) {
+        (Some(w), Some(p)) => w.classify(p),
+        _ => None,
+    };
+    let (s1, s2) = (scope(&path1), scope(&path2));
+    // An unresolved path the kernel flagged stays: better an extra event than a miss.
+    let unresolved = path1.is_none() || (is_rename && path2.is_none());
+    if watch.is_some() && s1.is_none() && s2.is_none() && !unresolved {
+        return None;
+    }
+    let mut ev = FileOp {
+        pid: e.header.pid,
+        tid: e.header.tid,
+        ppid: e.ppid,
+        uid: id(e.creds.uid),
+        gid: id(e.creds.gid),
+        euid: id(e.creds.euid),
+        egid: id(e.creds.egid),
+        auid: id(e.creds.auid),
+        sessionid: id(e.creds.sessionid),
+        comm: lossy(&e.comm),
+        cgroup_id: e.cgroup_id,
+        syscall: op_name(e.op),
+        path: path1.clone().unwrap_or_else(|| raw1.clone()),
+        raw_path: raw1,
+        new_path: is_rename.then(|| path2.clone().unwrap_or_else(|| lossy(&e.name2))),
+        raw_new_path: is_rename.then(|| lossy(&e.name2)),
+        dirfd: (e.dirfd1 != AT_FDCWD
+            && e.op != file_op::FTRUNCATE
+            && !matches!(
+                e.op,
+                file_op::UNLINK
+                    | file_op::RMDIR
+                    | file_op::RENAME
+                    | file_op::TRUNCATE
+                    | file_op::OPEN
+                    | file_op::CREAT
+            ))
+        .then_some(e.dirfd1),
+        new_dirfd: (matches!(e.op, file_op::RENAMEAT | file_op::RENAMEAT2) && e.dirfd2 != AT_FDCWD)
+            .then_some(e.dirfd2),
+        fd: (e.op == file_op::FTRUNCATE).then_some(e.fd),
+        length: matches!(e.op, file_op::TRUNCATE | file_op::FTRUNCATE).then_some(e.arg),
+        flags: op_flag_words(e.op, e.op_flags),
+        ret: None,
+        errno: None,
+        success: None,
+        tamper: None,
+        warnings,
+    };
+    match r {
+        Some(r) => {
+            ev.ret = Some(r.ret);
+            ev.success = Some(r.ret >= 0);
+            if r.ret < 0 {
+                ev.errno = Some(errno_name(r.ret));
+            }
+        }
+        None => ev.warnings.push("result_missing"),
+    }
+    let (action1, action2) = match e.op {
+        file_op::UNLINK | file_op::UNLINKAT | file_op::RMDIR => (Some(FileAction::Delete), None),
+        file_op::RENAME | file_op::RENAMEAT | file_op::RENAMEAT2 => {
+            // RENAME_EXCHANGE swaps: both sides are replaced.
+            let exchange = e.op == file_op::RENAMEAT2 && e.op_flags & 2 != 0;
+            match (s1, s2) {
+                (Some(_), None) => (Some(FileAction::RenameAway), None),
+                (None, Some(_)) => (None, Some(FileAction::RenameOnto)),
+                (Some(_), Some(_)) if exchange => (None, Some(FileAction::RenameOnto)),
+                _ => (None, None), // within the tree (e.g. rotation): recorded, not tamper
+            }
+        }
+        _ => (Some(FileAction::Truncate), None),
+    };
+    ev.tamper = match (action1, s1, action2, s2) {
+        (Some(a), Some(s), _, _) => classify::file(a, s, &ev),
+        (_, _, Some(a), Some(s)) => classify::file(a, s, &ev),
+        _ => None,
+    };
+    let body = match e.op {
+        file_op::UNLINK | file_op::UNLINKAT | file_op::RMDIR => Body::Delete(Box::new(ev)),
+        file_op::RENAME | file_op::RENAMEAT | file_op::RENAMEAT2 => Body::Rename(Box::new(ev)),
+        _ => Body::Truncate(Box::new(ev)),
+    };
+    Some(Stamped {
+        boot_ns: e.header.boot_ns,
+        body,
+    })
+}
+
+/// A file result whose entry was lost.
+fn orphan_file_result(r: &SyscallResultRecord) -> Stamped {
+    let ev = FileOp {
+        pid: r.header.pid,
+        tid: r.header.tid,
+        syscall: op_name(r.op),
+        ret: Some(r.ret),
+        success: Some(r.ret >= 0),
+        errno: (r.ret < 0).then(|| errno_name(r.ret)),
+        warnings: vec!["entry_missing"],
+        ..Default::default()
+    };
+    let body = match r.op {
+        file_op::UNLINK | file_op::UNLINKAT | file_op::RMDIR => Body::Delete(Box::new(ev)),
+        file_op::RENAME | file_op::RENAMEAT | file_op::RENAMEAT2 => Body::Rename(Box::new(ev)),
+        _ => Body::Truncate(Box::new(ev)),
+    };
+    Stamped {
+        boot_ns: r.header.boot_ns,
+        body,
     }
 }
 

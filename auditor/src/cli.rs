@@ -284,6 +284,7 @@ impl WatchArgs {
                 .btf
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(crate::bpf::btf::VMLINUX_BTF)),
+            watch: None,
         })
     }
 }

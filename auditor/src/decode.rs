@@ -6,7 +6,9 @@
 
 use std::mem::{offset_of, size_of};
 
-use auditor_common::{ABI_VERSION, Creds, ExecEvent, ExecResultEvent, Header, kind};
+use auditor_common::{
+    ABI_VERSION, Creds, ExecEvent, ExecResultEvent, FileEvent, Header, SyscallResultEvent, kind,
+};
 
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,10 +65,41 @@ pub struct ExecResultRecord {
     pub exe_blob: Vec<u8>,
 }
 
+/// A decoded `kind::FILE` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    pub header: Header,
+    pub ppid: u32,
+    pub flags: u32,
+    pub creds: Creds,
+    pub cgroup_id: u64,
+    pub op: u32,
+    pub dirfd1: i32,
+    pub dirfd2: i32,
+    pub op_flags: u32,
+    pub arg: u64,
+    pub fd: i32,
+    pub comm: Vec<u8>,
+    pub name1: Vec<u8>,
+    pub base1_blob: Vec<u8>,
+    pub name2: Vec<u8>,
+    pub base2_blob: Vec<u8>,
+}
+
+/// A decoded `kind::SYSCALL_RESULT` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyscallResultRecord {
+    pub header: Header,
+    pub ret: i64,
+    pub op: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Exec(ExecRecord),
     ExecResult(ExecResultRecord),
+    File(FileRecord),
+    SyscallResult(SyscallResultRecord),
 }
 
 /// Little cursor-free reader over a byte slice whose bounds were checked by the caller.
@@ -168,6 +201,8 @@ pub fn record(buf: &[u8]) -> Result<Record, DecodeError> {
     match header.kind {
         kind::EXEC => exec(&f, header).map(Record::Exec),
         kind::EXEC_RESULT => exec_result(&f, header).map(Record::ExecResult),
+        kind::FILE => file(&f, header).map(Record::File),
+        kind::SYSCALL_RESULT => syscall_result(&f, header).map(Record::SyscallResult),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -230,6 +265,68 @@ fn exec_result(f: &Fields<'_>, header: Header) -> Result<ExecResultRecord, Decod
             auditor_common::limits::COMM_LEN,
         )),
         exe_blob: f.bytes(t, exe_len as usize),
+    })
+}
+
+fn file(f: &Fields<'_>, header: Header) -> Result<FileRecord, DecodeError> {
+    const WHAT: &str = "file record";
+    if f.0.len() < size_of::<FileEvent>() {
+        return Err(DecodeError::Short {
+            what: WHAT,
+            need: size_of::<FileEvent>(),
+            got: f.0.len(),
+        });
+    }
+    let lens = [
+        f.u32(offset_of!(FileEvent, name1_len)),
+        f.u32(offset_of!(FileEvent, base1_len)),
+        f.u32(offset_of!(FileEvent, name2_len)),
+        f.u32(offset_of!(FileEvent, base2_len)),
+    ];
+    split_tail::<FileEvent>(WHAT, f.0, &lens)?;
+    let mut at = size_of::<FileEvent>();
+    let mut take = |len: u32| {
+        let b = f.bytes(at, len as usize);
+        at += len as usize;
+        b
+    };
+    let (name1, base1_blob, name2, base2_blob) =
+        (take(lens[0]), take(lens[1]), take(lens[2]), take(lens[3]));
+    Ok(FileRecord {
+        header,
+        ppid: f.u32(offset_of!(FileEvent, ppid)),
+        flags: f.u32(offset_of!(FileEvent, flags)),
+        creds: f.creds(offset_of!(FileEvent, creds)),
+        cgroup_id: f.u64(offset_of!(FileEvent, cgroup_id)),
+        op: f.u32(offset_of!(FileEvent, op)),
+        dirfd1: f.i32(offset_of!(FileEvent, dirfd1)),
+        dirfd2: f.i32(offset_of!(FileEvent, dirfd2)),
+        op_flags: f.u32(offset_of!(FileEvent, op_flags)),
+        arg: f.u64(offset_of!(FileEvent, arg)),
+        fd: f.i32(offset_of!(FileEvent, fd)),
+        comm: cstr(&f.bytes(
+            offset_of!(FileEvent, comm),
+            auditor_common::limits::COMM_LEN,
+        )),
+        name1,
+        base1_blob,
+        name2,
+        base2_blob,
+    })
+}
+
+fn syscall_result(f: &Fields<'_>, header: Header) -> Result<SyscallResultRecord, DecodeError> {
+    if f.0.len() < size_of::<SyscallResultEvent>() {
+        return Err(DecodeError::Short {
+            what: "syscall result record",
+            need: size_of::<SyscallResultEvent>(),
+            got: f.0.len(),
+        });
+    }
+    Ok(SyscallResultRecord {
+        header,
+        ret: f.i64(offset_of!(SyscallResultEvent, ret)),
+        op: f.u32(offset_of!(SyscallResultEvent, op)),
     })
 }
 
@@ -372,7 +469,7 @@ mod tests {
         /// Random bytes behind a valid header of every kind never panic either (this is
         /// where the length arithmetic lives).
         #[test]
-        fn random_bodies_never_panic(k in 0u16..4, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        fn random_bodies_never_panic(k in 0u16..6, body in proptest::collection::vec(any::<u8>(), 0..400)) {
             let len = size_of::<Header>() + body.len();
             let mut b = header(k, len);
             b.extend_from_slice(&body);

@@ -23,6 +23,9 @@ pub struct Event {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Body {
     Exec(Box<Exec>),
+    Delete(Box<FileOp>),
+    Rename(Box<FileOp>),
+    Truncate(Box<FileOp>),
     Loss(Loss),
     DecodeError(DecodeErrorEvent),
     AgentStart(AgentStart),
@@ -32,6 +35,9 @@ impl Body {
     pub fn kind(&self) -> &'static str {
         match self {
             Body::Exec(_) => "exec",
+            Body::Delete(_) => "delete",
+            Body::Rename(_) => "rename",
+            Body::Truncate(_) => "truncate",
             Body::Loss(_) => "loss",
             Body::DecodeError(_) => "decode_error",
             Body::AgentStart(_) => "agent_start",
@@ -89,7 +95,67 @@ pub struct Exec {
     pub comm_after: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub creds_after: Option<Creds>,
+    /// Set when the command itself destroys or hides evidence (see docs/EVENTS.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tamper: Option<Tamper>,
     /// Capture problems, as words: "argv_fault", "cwd_truncated", "result_missing", ...
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<&'static str>,
+}
+
+/// Why an event destroys or hides evidence.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Tamper {
+    /// e.g. "log_deleted", "history_truncated", "audit_disabled".
+    pub kind: &'static str,
+    /// The rule that matched, in words.
+    pub reason: String,
+}
+
+/// A delete, rename or truncate touching a watched tree (the attempt and its outcome).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct FileOp {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub euid: Option<u32>,
+    pub egid: Option<u32>,
+    pub auid: Option<u32>,
+    pub sessionid: Option<u32>,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// The syscall: unlink, unlinkat, rmdir, rename, renameat, renameat2, truncate,
+    /// ftruncate, open, openat, openat2, creat.
+    pub syscall: &'static str,
+    /// Absolute path, its directory part resolved in the kernel.
+    pub path: String,
+    /// The name argument exactly as passed ("" for ftruncate).
+    pub raw_path: String,
+    /// rename: the destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_new_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirfd: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_dirfd: Option<i32>,
+    /// ftruncate's file descriptor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    /// truncate/ftruncate: the new length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    /// AT_REMOVEDIR, RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT, O_TRUNC, O_CREAT...
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<&'static str>,
+    pub ret: Option<i64>,
+    pub errno: Option<String>,
+    pub success: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tamper: Option<Tamper>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<&'static str>,
 }

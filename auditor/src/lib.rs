@@ -8,14 +8,17 @@
 pub mod assemble;
 pub mod bpf;
 pub mod check;
+pub mod classify;
 pub mod cli;
 pub mod clock;
 pub mod decode;
 pub mod event;
+pub mod redact;
 pub mod sink;
 pub mod vault;
 pub mod vault_cmd;
 pub mod watch;
+pub mod watchlist;
 
 /// Resolves on SIGTERM or Ctrl-C (logging which), for graceful shutdown.
 pub async fn shutdown_signal() {

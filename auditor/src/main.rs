@@ -66,13 +66,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let load = args.load_options()?;
+    let mut load = args.load_options()?;
     // SAFETY: no preconditions. Checked before any file is opened, so the error is the
     // one that matters.
     if unsafe { libc::geteuid() } != 0 {
         return Err(auditor::bpf::LoadError::NotRoot.into());
     }
-    let paths = watch_paths(&args.paths)?;
+    let mut paths = watch_paths(&args.paths)?;
+    if paths.is_empty() {
+        paths = auditor::watchlist::DEFAULT_TREES
+            .iter()
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_dir())
+            .collect();
+    }
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let watch =
+        auditor::watchlist::WatchList::build(&paths, &auditor::watchlist::home_dirs(), &mountinfo)?;
+    tracing::debug!(prefixes = ?watch.prefixes, inodes = watch.inodes.len(), "watch list");
+    load.watch = Some(watch);
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if !args.quiet {
         let tty = std::io::stdout().is_terminal();

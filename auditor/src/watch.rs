@@ -108,7 +108,7 @@ pub async fn run(
         .map_err(|_| WatchError::SinkGone)?;
 
     let mut seq = Sequencer::new();
-    let mut asm = Assembler::new();
+    let mut asm = Assembler::with_watch(opts.load.watch.clone());
     let mut out: Vec<Stamped> = Vec::new();
     let start = Stamped {
         boot_ns: clock::boot_now_ns(),

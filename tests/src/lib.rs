@@ -33,6 +33,8 @@ pub fn marker(name: &str) -> String {
 /// A running `auditor watch --format json`, with every event it printed.
 pub struct Auditor {
     child: Child,
+    /// Set when the auditor's stdout closed (it exited).
+    closed: Arc<std::sync::atomic::AtomicBool>,
     /// The local vault this instance writes (removed on drop).
     pub vault_dir: PathBuf,
     events: Arc<Mutex<Vec<Value>>>,
@@ -62,6 +64,8 @@ impl Auditor {
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().expect("stdout");
         let ev = events.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cl = closed.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
@@ -69,6 +73,7 @@ impl Auditor {
                     .unwrap_or_else(|e| panic!("auditor printed invalid JSON ({e}): {line}"));
                 ev.lock().expect("lock").push(v);
             }
+            cl.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let err = child.stderr.take().expect("stderr");
         let se = stderr.clone();
@@ -82,6 +87,7 @@ impl Auditor {
         });
         let a = Self {
             child,
+            closed,
             vault_dir,
             events,
             stderr,
@@ -99,9 +105,17 @@ impl Auditor {
             if let Some(v) = self.events.lock().expect("lock").iter().find(|e| pred(e)) {
                 return v.clone();
             }
-            if Instant::now() > deadline {
+            let gone = self.closed.load(std::sync::atomic::Ordering::SeqCst);
+            if gone {
+                // One last look: the final lines may have just arrived.
+                std::thread::sleep(Duration::from_millis(200));
+                if let Some(v) = self.events.lock().expect("lock").iter().find(|e| pred(e)) {
+                    return v.clone();
+                }
+            }
+            if gone || Instant::now() > deadline {
                 panic!(
-                    "no {what} event within {timeout:?}; auditor stderr:\n{}",
+                    "no {what} event within {timeout:?} (auditor exited: {gone}); auditor stderr:\n{}",
                     self.stderr.lock().expect("lock")
                 );
             }

@@ -11,17 +11,48 @@ pub mod tracefs;
 use std::path::{Path, PathBuf};
 
 use auditor_common::{Settings, limits, names};
-use aya::{Ebpf, EbpfLoader, programs::TracePoint};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap},
+    programs::TracePoint,
+};
+
+use crate::watchlist::WatchList;
 
 /// The object built by `auditor/build.rs`; empty when built without the eBPF toolchain.
 static EMBEDDED_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/auditor"));
 
 /// Syscall tracepoints attached, as (program, category, tracepoint).
-pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sys_enter_execve", "syscalls", "sys_enter_execve"),
-    ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
-    ("sys_exit_execve", "syscalls", "sys_exit_execve"),
-    ("sys_exit_execveat", "syscalls", "sys_exit_execveat"),
+/// Syscall tracepoints attached; each program is named after its tracepoint.
+pub const TRACEPOINTS: &[&str] = &[
+    "sys_enter_execve",
+    "sys_enter_execveat",
+    "sys_exit_execve",
+    "sys_exit_execveat",
+    "sys_enter_unlink",
+    "sys_enter_unlinkat",
+    "sys_enter_rmdir",
+    "sys_enter_rename",
+    "sys_enter_renameat",
+    "sys_enter_renameat2",
+    "sys_enter_truncate",
+    "sys_enter_ftruncate",
+    "sys_enter_creat",
+    "sys_enter_open",
+    "sys_enter_openat",
+    "sys_enter_openat2",
+    "sys_exit_unlink",
+    "sys_exit_unlinkat",
+    "sys_exit_rmdir",
+    "sys_exit_rename",
+    "sys_exit_renameat",
+    "sys_exit_renameat2",
+    "sys_exit_truncate",
+    "sys_exit_ftruncate",
+    "sys_exit_creat",
+    "sys_exit_open",
+    "sys_exit_openat",
+    "sys_exit_openat2",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +85,11 @@ pub enum LoadError {
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no program `{0}` (object and daemon versions differ?)")]
     MissingProgram(&'static str),
+    #[error("cannot fill the watch map `{name}`: {source}")]
+    WatchMap {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("program `{name}` was refused by the kernel: {source}")]
     Program {
         name: &'static str,
@@ -70,6 +106,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     pub settings: Settings,
     pub btf_path: PathBuf,
+    /// Watched trees for the file hooks; `None` emits no file event at all.
+    pub watch: Option<WatchList>,
 }
 
 impl Default for LoadOptions {
@@ -79,6 +117,7 @@ impl Default for LoadOptions {
             ring_bytes: 16 << 20,
             settings: Settings::DEFAULT,
             btf_path: PathBuf::from(btf::VMLINUX_BTF),
+            watch: None,
         }
     }
 }
@@ -123,6 +162,8 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
     settings.argv_bytes = settings.argv_bytes.min(limits::ARGV_BYTES_MAX);
     settings.argv_args = settings.argv_args.min(limits::ARGV_ARGS_MAX);
     settings.self_tgid = std::process::id();
+    settings.prefix_count = opts.watch.as_ref().map_or(0, |w| w.prefix_count() as u32);
+    settings.file_filter = 1;
 
     let mut ebpf = EbpfLoader::new()
         .override_global(names::OFFSETS, &offsets, true)
@@ -132,7 +173,11 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
         .load(&bytes)
         .map_err(LoadError::Load)?;
 
-    for &(name, category, tracepoint) in TRACEPOINTS {
+    fill_watch_maps(&mut ebpf, opts.watch.as_ref())?;
+    load_tail_calls(&mut ebpf)?;
+
+    for &name in TRACEPOINTS {
+        let (category, tracepoint) = ("syscalls", name);
         let program: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or(LoadError::MissingProgram(name))?
@@ -147,4 +192,66 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
         tracing::debug!(program = name, "attached {category}/{tracepoint}");
     }
     Ok(ebpf)
+}
+
+/// Loads the programs reached only by tail call and puts them in their slots, before
+/// anything is attached (so no rename can run before its second half exists).
+fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    const NAME: &str = "file_rename_part2";
+    let program: &mut TracePoint = ebpf
+        .program_mut(NAME)
+        .ok_or(LoadError::MissingProgram(NAME))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name: NAME, source })?;
+    program
+        .load()
+        .map_err(|source| LoadError::Program { name: NAME, source })?;
+    let fd = program
+        .fd()
+        .map_err(|source| LoadError::Program { name: NAME, source })?
+        .try_clone()
+        .map_err(|e| LoadError::Program {
+            name: NAME,
+            source: aya::programs::ProgramError::IOError(e),
+        })?;
+    let map = ebpf
+        .map_mut("FILE_PART2")
+        .ok_or(LoadError::MissingProgram("FILE_PART2 map"))?;
+    let mut slots =
+        aya::maps::ProgramArray::try_from(map).map_err(|source| LoadError::WatchMap {
+            name: "FILE_PART2",
+            source,
+        })?;
+    slots.set(0, &fd, 0).map_err(|source| LoadError::WatchMap {
+        name: "FILE_PART2",
+        source,
+    })?;
+    Ok(())
+}
+
+/// Writes the watched prefixes and inodes into the kernel filter's maps.
+fn fill_watch_maps(ebpf: &mut Ebpf, watch: Option<&WatchList>) -> Result<(), LoadError> {
+    let Some(watch) = watch else { return Ok(()) };
+    let err = |name| move |source| LoadError::WatchMap { name, source };
+    let map = ebpf
+        .map_mut(names::WATCH_PREFIXES)
+        .ok_or(LoadError::MissingProgram("WATCH_PREFIXES map"))?;
+    let mut prefixes: Array<_, auditor_common::WatchPrefix> =
+        Array::try_from(map).map_err(err(names::WATCH_PREFIXES))?;
+    for (i, p) in watch.kernel_prefixes().iter().enumerate() {
+        prefixes
+            .set(i as u32, p, 0)
+            .map_err(err(names::WATCH_PREFIXES))?;
+    }
+    let map = ebpf
+        .map_mut(names::WATCH_INODES)
+        .ok_or(LoadError::MissingProgram("WATCH_INODES map"))?;
+    let mut inodes: HashMap<_, auditor_common::InodeKey, u8> =
+        HashMap::try_from(map).map_err(err(names::WATCH_INODES))?;
+    for (k, mode) in watch.kernel_inodes() {
+        inodes
+            .insert(k, mode, 0)
+            .map_err(err(names::WATCH_INODES))?;
+    }
+    Ok(())
 }

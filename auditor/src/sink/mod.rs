@@ -6,6 +6,7 @@
 pub mod file;
 pub mod local_vault;
 pub mod pretty;
+pub mod vault_client;
 
 use std::io::Write;
 

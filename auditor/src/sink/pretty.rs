@@ -72,6 +72,32 @@ pub fn line(ev: &Event, color: bool) -> String {
                     .unwrap_or_default(),
             )
         }
+        Body::Delete(f) | Body::Rename(f) | Body::Truncate(f) => {
+            let target = f
+                .new_path
+                .as_deref()
+                .map(|n| format!(" -> {n}"))
+                .unwrap_or_default();
+            let result = match (f.success, &f.errno) {
+                (Some(true), _) => String::new(),
+                (Some(false), Some(errno)) => format!(" FAILED {errno}"),
+                _ => " (result missing)".into(),
+            };
+            let line = format!(
+                "{time} {:<6} pid={} uid={} {} {}{}{}",
+                ev.body.kind(),
+                f.pid,
+                f.uid.map_or("?".into(), |u| u.to_string()),
+                f.comm,
+                f.path,
+                target,
+                result
+            );
+            match &f.tamper {
+                Some(t) => format!("{c}{line}  TAMPER {}{reset}", t.kind),
+                None => format!("{dim}{line}{reset}"),
+            }
+        }
         Body::Loss(l) => format!(
             "{c}{time} LOSS  {} records ({} bytes) dropped by the {} between {} and {} (total {}){reset}",
             l.records, l.bytes, l.source, l.since, l.until, l.total_records

@@ -1,0 +1,481 @@
+//! File operations that destroy or hide evidence: delete (unlink, unlinkat, rmdir),
+//! rename (rename, renameat, renameat2), truncate (truncate, ftruncate, and open, openat,
+//! openat2, creat with O_TRUNC).
+//!
+//! At entry the names are raw user arguments; the kernel-side part of each path is the
+//! directory a relative name resolves against (the cwd, or the dirfd's directory),
+//! walked here, or for `ftruncate` the file the fd refers to. Only operations touching a
+//! watched tree are emitted (see `filter.rs`); their exits are matched through
+//! `INFLIGHT` so the result is reported only for emitted entries.
+
+use auditor_common::{
+    FileEvent, SyscallResultEvent, file_op, flags, kind,
+    limits::{FILENAME_MAX, INFLIGHT_MAX},
+    watch_mode,
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::bpf_probe_read_user_str,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, ProgramArray},
+    programs::TracePointContext,
+};
+
+use crate::{
+    emit::Record,
+    filter,
+    kernel::{self, off},
+    path::{self, Walk},
+};
+
+const AT_FDCWD: i32 = -100;
+const O_TRUNC: u64 = 0o1000;
+const O_CREAT_WRONLY_TRUNC: u32 = 0o1101;
+
+/// tid -> op of an emitted entry waiting for its exit.
+#[map(name = "INFLIGHT")]
+static INFLIGHT: HashMap<u32, u32> = HashMap::with_max_entries(INFLIGHT_MAX, 0);
+
+/// Slot 0: `file_rename_part2`, which resolves a rename's second path. Splitting the
+/// two path walks over a tail call keeps each program well inside the verifier's budget.
+#[map(name = "FILE_PART2")]
+static FILE_PART2: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, i: u64) -> u64 {
+    // SAFETY: reads inside the tracepoint record; the helper validates the address.
+    unsafe { ctx.read_at::<u64>((off!(tp_enter_args) + 8 * i) as usize) }.unwrap_or(0)
+}
+
+/// One name argument: the directory fd it is relative to, and the user pointer.
+#[derive(Clone, Copy)]
+struct Name {
+    dirfd: i32,
+    ptr: u64,
+}
+
+const NONE: Name = Name {
+    dirfd: AT_FDCWD,
+    ptr: 0,
+};
+
+macro_rules! enter {
+    ($fn:ident, |$ctx:ident| $body:expr) => {
+        #[tracepoint]
+        pub fn $fn($ctx: TracePointContext) -> u32 {
+            if kernel::offsets_ready() {
+                $body;
+            }
+            0
+        }
+    };
+}
+
+macro_rules! exit {
+    ($($fn:ident),*) => {$(
+        #[tracepoint]
+        pub fn $fn(ctx: TracePointContext) -> u32 {
+            file_exit(&ctx);
+            0
+        }
+    )*};
+}
+
+enter!(sys_enter_unlink, |c| file_enter(
+    &c,
+    file_op::UNLINK,
+    Name {
+        dirfd: AT_FDCWD,
+        ptr: arg(&c, 0)
+    },
+    NONE,
+    0,
+    0,
+    -1
+));
+enter!(sys_enter_unlinkat, |c| file_enter(
+    &c,
+    file_op::UNLINKAT,
+    Name {
+        dirfd: arg(&c, 0) as i32,
+        ptr: arg(&c, 1)
+    },
+    NONE,
+    arg(&c, 2) as u32,
+    0,
+    -1
+));
+enter!(sys_enter_rmdir, |c| file_enter(
+    &c,
+    file_op::RMDIR,
+    Name {
+        dirfd: AT_FDCWD,
+        ptr: arg(&c, 0)
+    },
+    NONE,
+    0,
+    0,
+    -1
+));
+enter!(sys_enter_rename, |c| file_enter(
+    &c,
+    file_op::RENAME,
+    Name {
+        dirfd: AT_FDCWD,
+        ptr: arg(&c, 0)
+    },
+    Name {
+        dirfd: AT_FDCWD,
+        ptr: arg(&c, 1)
+    },
+    0,
+    0,
+    -1
+));
+enter!(sys_enter_renameat, |c| file_enter(
+    &c,
+    file_op::RENAMEAT,
+    Name {
+        dirfd: arg(&c, 0) as i32,
+        ptr: arg(&c, 1)
+    },
+    Name {
+        dirfd: arg(&c, 2) as i32,
+        ptr: arg(&c, 3)
+    },
+    0,
+    0,
+    -1
+));
+enter!(sys_enter_renameat2, |c| file_enter(
+    &c,
+    file_op::RENAMEAT2,
+    Name {
+        dirfd: arg(&c, 0) as i32,
+        ptr: arg(&c, 1)
+    },
+    Name {
+        dirfd: arg(&c, 2) as i32,
+        ptr: arg(&c, 3)
+    },
+    arg(&c, 4) as u32,
+    0,
+    -1
+));
+enter!(sys_enter_truncate, |c| file_enter(
+    &c,
+    file_op::TRUNCATE,
+    Name {
+        dirfd: AT_FDCWD,
+        ptr: arg(&c, 0)
+    },
+    NONE,
+    0,
+    arg(&c, 1),
+    -1
+));
+enter!(sys_enter_ftruncate, |c| file_enter(
+    &c,
+    file_op::FTRUNCATE,
+    NONE,
+    NONE,
+    0,
+    arg(&c, 1),
+    arg(&c, 0) as i32
+));
+enter!(sys_enter_creat, |c| file_enter(
+    &c,
+    file_op::CREAT,
+    Name {
+        dirfd: AT_FDCWD,
+        ptr: arg(&c, 0)
+    },
+    NONE,
+    O_CREAT_WRONLY_TRUNC,
+    arg(&c, 1),
+    -1
+));
+// open*: the cheap flag test comes first: these are the hottest syscalls there are.
+enter!(sys_enter_open, |c| {
+    let fl = arg(&c, 1);
+    if fl & O_TRUNC != 0 {
+        file_enter(
+            &c,
+            file_op::OPEN,
+            Name {
+                dirfd: AT_FDCWD,
+                ptr: arg(&c, 0),
+            },
+            NONE,
+            fl as u32,
+            arg(&c, 2),
+            -1,
+        )
+    }
+});
+enter!(sys_enter_openat, |c| {
+    let fl = arg(&c, 2);
+    if fl & O_TRUNC != 0 {
+        file_enter(
+            &c,
+            file_op::OPENAT,
+            Name {
+                dirfd: arg(&c, 0) as i32,
+                ptr: arg(&c, 1),
+            },
+            NONE,
+            fl as u32,
+            arg(&c, 3),
+            -1,
+        )
+    }
+});
+enter!(sys_enter_openat2, |c| {
+    // struct open_how { u64 flags; u64 mode; u64 resolve; }
+    // SAFETY: reads one u64 from user memory.
+    let fl =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user(arg(&c, 2) as *const u64) }.unwrap_or(0);
+    if fl & O_TRUNC != 0 {
+        file_enter(
+            &c,
+            file_op::OPENAT2,
+            Name {
+                dirfd: arg(&c, 0) as i32,
+                ptr: arg(&c, 1),
+            },
+            NONE,
+            fl as u32,
+            0,
+            -1,
+        )
+    }
+});
+
+exit!(
+    sys_exit_unlink,
+    sys_exit_unlinkat,
+    sys_exit_rmdir,
+    sys_exit_rename,
+    sys_exit_renameat,
+    sys_exit_renameat2,
+    sys_exit_truncate,
+    sys_exit_ftruncate,
+    sys_exit_creat,
+    sys_exit_open,
+    sys_exit_openat,
+    sys_exit_openat2
+);
+
+/// Bits for a path argument's flags: (name truncated, name fault, base truncated,
+/// base fault, watched).
+const PATH1: [u32; 5] = [
+    flags::NAME1_TRUNCATED,
+    flags::NAME1_FAULT,
+    flags::BASE1_TRUNCATED,
+    flags::BASE1_FAULT,
+    flags::PATH1_WATCHED,
+];
+const PATH2: [u32; 5] = [
+    flags::NAME2_TRUNCATED,
+    flags::NAME2_FAULT,
+    flags::BASE2_TRUNCATED,
+    flags::BASE2_FAULT,
+    flags::PATH2_WATCHED,
+];
+
+/// Appends one path argument (name, then base blob). Returns `(name_len, base_len,
+/// flags)`; the watched bit is set when the path may lie in a watched tree.
+#[inline(always)]
+fn path_arg(
+    rec: &mut Record<FileEvent>,
+    task: u64,
+    name: Name,
+    fd: i32,
+    bits: &[u32; 5],
+) -> (u32, u32, u32) {
+    let mut fl = 0u32;
+    let settings = kernel::settings();
+    let filter_on = settings.file_filter != 0;
+    let mut name_len = 0u64;
+    if name.ptr != 0 {
+        let at = rec.tail_len;
+        // SAFETY: the tail has TAIL_SLACK >= FILENAME_MAX bytes after any masked offset.
+        let n = unsafe {
+            bpf_probe_read_user_str(rec.tail_end().cast(), FILENAME_MAX, name.ptr as *const _)
+        };
+        if n <= 0 {
+            fl |= bits[1];
+        } else {
+            name_len = (n - 1) as u64;
+            if n as u32 >= FILENAME_MAX {
+                fl |= bits[0];
+            }
+        }
+        rec.tail_len += name_len;
+        // SAFETY: reading back a byte we just wrote.
+        let absolute = name_len > 0 && unsafe { *rec.tail_at(at) } == b'/';
+        if absolute {
+            if !filter_on || filter::prefix_match::<FileEvent>(at, name_len, settings.prefix_count)
+            {
+                fl |= bits[4];
+            }
+            return (name_len as u32, 0, fl);
+        }
+    }
+    // Relative name (or fd-based op): walk the base directory / the fd's file.
+    let base = if name.ptr == 0 {
+        kernel::fd_file(task, fd).and_then(|f| kernel::path_parts(f + off!(file_path)))
+    } else if name.dirfd == AT_FDCWD {
+        kernel::cwd(task)
+    } else {
+        kernel::fd_file(task, name.dirfd).and_then(|f| kernel::path_parts(f + off!(file_path)))
+    };
+    let Ok((mnt, dentry)) = base else {
+        // Unknown base: let userspace see it rather than miss a watched path.
+        return (name_len as u32, 0, fl | bits[3] | bits[4]);
+    };
+    let (walk, base_len, mode) = path::append_checked(rec, mnt, dentry);
+    match walk {
+        Walk::Complete => {}
+        Walk::Truncated => fl |= bits[2],
+        Walk::Fault => fl |= bits[3],
+    }
+    let watched = match mode {
+        watch_mode::TREE => true,
+        // A name straight in this directory (home: history files), or one that may lead
+        // into a watched tree below it: userspace decides exactly.
+        watch_mode::ENTRIES | watch_mode::ANCESTOR => name.ptr != 0,
+        _ => false,
+    };
+    if watched || !filter_on || walk == Walk::Fault {
+        fl |= bits[4];
+    }
+    (name_len as u32, base_len, fl)
+}
+
+#[inline(always)]
+fn file_enter(
+    ctx: &TracePointContext,
+    op: u32,
+    n1: Name,
+    n2: Name,
+    op_flags: u32,
+    arg: u64,
+    fd: i32,
+) {
+    let Some(mut rec) = Record::<FileEvent>::start(kind::FILE) else {
+        return;
+    };
+    let task = kernel::current_task();
+    let (name1_len, base1_len, f1) = path_arg(&mut rec, task, n1, fd, &PATH1);
+    let ev = rec.fixed();
+    // SAFETY: `ev` points at this CPU's scratch buffer, sized and aligned for FileEvent.
+    unsafe {
+        (*ev).op = op;
+        (*ev).flags = f1;
+        (*ev).dirfd1 = n1.dirfd;
+        (*ev).dirfd2 = n2.dirfd;
+        (*ev).op_flags = op_flags;
+        (*ev).arg = arg;
+        (*ev).fd = fd;
+        (*ev).name1_len = name1_len;
+        (*ev).base1_len = base1_len;
+        (*ev).name2_len = 0;
+        (*ev).base2_len = 0;
+        // The tail length travels to the second program in the header's length field,
+        // which `submit` overwrites.
+        (*ev).header.len = rec.tail_len as u32;
+    }
+    if n2.ptr != 0 {
+        // SAFETY: the tail call replaces this program; the scratch buffer carries the state.
+        unsafe { FILE_PART2.tail_call(ctx, 0) };
+        // Reached only if the tail call failed: report path 1, and say path 2 is missing.
+        // SAFETY: as above.
+        unsafe { (*ev).flags |= flags::NAME2_FAULT | flags::BASE2_FAULT | flags::PATH2_WATCHED };
+    }
+    finish(rec, task);
+}
+
+/// Second half of a rename: resolves the destination into the record the first half
+/// left in the scratch buffer, then emits it.
+#[tracepoint]
+pub fn file_rename_part2(ctx: TracePointContext) -> u32 {
+    let Some(base) = crate::emit::scratch_base() else {
+        return 0;
+    };
+    let ev = base.cast::<FileEvent>();
+    // SAFETY: the first half wrote a FileEvent at the start of this CPU's buffer.
+    let (tail_len, op) = unsafe { ((*ev).header.len as u64, (*ev).op) };
+    let Some(mut rec) = Record::<FileEvent>::resume(tail_len) else {
+        return 0;
+    };
+    let n2 = if op == file_op::RENAME {
+        Name {
+            dirfd: AT_FDCWD,
+            ptr: arg(&ctx, 1),
+        }
+    } else {
+        Name {
+            dirfd: arg(&ctx, 2) as i32,
+            ptr: arg(&ctx, 3),
+        }
+    };
+    let task = kernel::current_task();
+    let (name2_len, base2_len, f2) = path_arg(&mut rec, task, n2, -1, &PATH2);
+    // SAFETY: as above.
+    unsafe {
+        (*ev).flags |= f2;
+        (*ev).name2_len = name2_len;
+        (*ev).base2_len = base2_len;
+    }
+    finish(rec, task);
+    0
+}
+
+/// Emits the record if either path is watched, and remembers the thread for the exit.
+#[inline(always)]
+fn finish(mut rec: Record<FileEvent>, task: u64) {
+    let ev = rec.fixed();
+    // SAFETY: `ev` points at this CPU's scratch buffer, sized and aligned for FileEvent.
+    unsafe {
+        if (*ev).flags & (flags::PATH1_WATCHED | flags::PATH2_WATCHED) == 0 {
+            return; // Not ours: nothing reaches userspace.
+        }
+        (*ev).ppid = kernel::ppid(task);
+        (*ev).creds = kernel::creds(task);
+        (*ev).cgroup_id = bpf_get_current_cgroup_id();
+        (*ev)._pad = 0;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: as above.
+    let op = unsafe { (*ev).op };
+    // A full table only costs the result record; the entry is still emitted.
+    let _ = INFLIGHT.insert(&tid, &op, 0);
+    rec.submit();
+}
+
+#[inline(always)]
+fn file_exit(ctx: &TracePointContext) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: plain value copy out of the map.
+    let Some(op) = (unsafe { INFLIGHT.get(&tid).copied() }) else {
+        return;
+    };
+    let _ = INFLIGHT.remove(&tid);
+    let Some(mut rec) = Record::<SyscallResultEvent>::start(kind::SYSCALL_RESULT) else {
+        return;
+    };
+    // SAFETY: reads inside the tracepoint record.
+    let ret = unsafe { ctx.read_at::<i64>(off!(tp_exit_ret) as usize) }.unwrap_or(i64::MIN);
+    let ev = rec.fixed();
+    // SAFETY: `ev` points at this CPU's scratch buffer, sized and aligned for the struct.
+    unsafe {
+        (*ev).ret = ret;
+        (*ev).op = op;
+        (*ev)._pad = 0;
+    }
+    rec.submit();
+}

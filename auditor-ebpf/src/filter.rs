@@ -1,0 +1,185 @@
+//! In-kernel scope filter for file events: only operations on watched trees reach
+//! userspace, so file churn elsewhere costs one early return.
+//!
+//! Two tests, because at syscall entry the kernel has not resolved the name yet:
+//! - an absolute name is compared with the watched prefixes (`WATCH_PREFIXES`, written by
+//!   the loader: each watched tree and every other mountpoint of the same directories,
+//!   so bind mounts are covered);
+//! - a relative name is resolved against its base directory, whose dentry walk
+//!   (`path.rs`) checks every ancestor's (device, inode) against `WATCH_INODES`.
+
+use core::ffi::c_void;
+
+use auditor_common::{
+    InodeKey, WatchPrefix,
+    limits::{PREFIX_LEN_MAX, WATCH_INODES_MAX, WATCH_PREFIXES_MAX},
+    watch_mode,
+};
+use aya_ebpf::{
+    helpers::generated::bpf_loop,
+    macros::map,
+    maps::{Array, HashMap},
+};
+
+use crate::{
+    emit::{scratch_base, tail_ptr},
+    kernel::{off, read},
+};
+
+#[map(name = "WATCH_PREFIXES")]
+static WATCH_PREFIXES: Array<WatchPrefix> = Array::with_max_entries(WATCH_PREFIXES_MAX, 0);
+
+#[map(name = "WATCH_INODES")]
+static WATCH_INODES: HashMap<InodeKey, u8> = HashMap::with_max_entries(WATCH_INODES_MAX, 0);
+
+/// The watch mode of `dentry`'s directory (0 if not watched).
+#[inline(always)]
+pub fn inode_mode(dentry: u64) -> u8 {
+    let Ok(inode) = read::<u64>(dentry, off!(dentry_inode)) else {
+        return 0;
+    };
+    let Ok(ino) = read::<u64>(inode, off!(inode_ino)) else {
+        return 0;
+    };
+    let Ok(sb) = read::<u64>(inode, off!(inode_sb)) else {
+        return 0;
+    };
+    let Ok(dev) = read::<u32>(sb, off!(sb_dev)) else {
+        return 0;
+    };
+    let key = InodeKey { dev, _pad: 0, ino };
+    // SAFETY: read-only lookup; the value is a plain byte.
+    unsafe { WATCH_INODES.get(&key).copied().unwrap_or(0) }
+}
+
+#[repr(C)]
+struct PrefixCtx {
+    /// Tail offset and length of the name in the record of type `T`.
+    name_off: u64,
+    name_len: u64,
+    /// Offset of the name's last '/'.
+    last_slash: u64,
+    matched: u32,
+    _pad: u32,
+}
+
+/// True if the absolute name at tail offset `name_off` (`name_len` bytes) of a record of
+/// type `T` lies in a watched tree.
+#[inline(always)]
+pub fn prefix_match<T>(name_off: u64, name_len: u64, count: u32) -> bool {
+    let mut slash = SlashCtx { name_off, last: 0 };
+    // SAFETY: the callback only reads this CPU's scratch buffer and writes `slash`.
+    unsafe {
+        bpf_loop(
+            name_len as u32 & 0xfff,
+            slash_step::<T> as *mut c_void,
+            (&raw mut slash).cast(),
+            0,
+        );
+    }
+    let last_slash = crate::emit::launder(slash.last);
+    let mut ctx = PrefixCtx {
+        name_off,
+        name_len,
+        last_slash,
+        matched: 0,
+        _pad: 0,
+    };
+    let count = if count > WATCH_PREFIXES_MAX {
+        WATCH_PREFIXES_MAX
+    } else {
+        count
+    };
+    // SAFETY: the callback only reads `ctx`, the prefix map and this CPU's scratch buffer.
+    unsafe {
+        bpf_loop(
+            count,
+            prefix_step::<T> as *mut c_void,
+            (&raw mut ctx).cast(),
+            0,
+        );
+    }
+    ctx.matched != 0
+}
+
+#[repr(C)]
+struct SlashCtx {
+    name_off: u64,
+    last: u64,
+}
+
+/// Notes byte `i` of the name if it is a '/'.
+#[inline(never)]
+extern "C" fn slash_step<T>(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `prefix_match` gave it.
+    let c = unsafe { &mut *ctx.cast::<SlashCtx>() };
+    let Some(base) = scratch_base() else {
+        return 1;
+    };
+    let p = tail_ptr::<T>(base, c.name_off + (i & 0xfff));
+    // SAFETY: a masked tail offset has TAIL_SLACK >= 4096 bytes after it.
+    if unsafe { *p } == b'/' {
+        c.last = i;
+    }
+    0
+}
+
+/// Compares the name with prefix `i`. Returns 1 (stop) on a match.
+#[inline(never)]
+extern "C" fn prefix_step<T>(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `prefix_match` gave it.
+    let c = unsafe { &mut *ctx.cast::<PrefixCtx>() };
+    let Some(p) = WATCH_PREFIXES.get(i as u32) else {
+        return 1;
+    };
+    let plen = p.len as u64;
+    if plen == 0 || plen > PREFIX_LEN_MAX as u64 || plen > c.name_len {
+        return 0;
+    }
+    let Some(base) = scratch_base() else {
+        return 1;
+    };
+    let name = tail_ptr::<T>(base, c.name_off);
+    // Eight bytes at a time: 32 steps instead of 256 keeps the verifier's work small.
+    for w in 0..PREFIX_LEN_MAX / 8 {
+        let at = (w * 8) as u64;
+        if at >= plen {
+            break;
+        }
+        // SAFETY: at < PREFIX_LEN_MAX, and a masked tail offset has TAIL_SLACK after it.
+        let a = unsafe { core::ptr::read_unaligned(name.add(at as usize).cast::<u64>()) };
+        let b = u64::from_le_bytes([
+            p.bytes[w * 8],
+            p.bytes[w * 8 + 1],
+            p.bytes[w * 8 + 2],
+            p.bytes[w * 8 + 3],
+            p.bytes[w * 8 + 4],
+            p.bytes[w * 8 + 5],
+            p.bytes[w * 8 + 6],
+            p.bytes[w * 8 + 7],
+        ]);
+        let rem = plen - at;
+        let mask = if rem >= 8 {
+            u64::MAX
+        } else {
+            (1u64 << (rem * 8)) - 1
+        };
+        if (u64::from_le(a) ^ b) & mask != 0 {
+            return 0;
+        }
+    }
+    // "/var/log" matches "/var/log" and "/var/log/x", not "/var/logs"; "/" matches all.
+    // SAFETY: as above (plen <= PREFIX_LEN_MAX).
+    let next = unsafe { *name.add(plen as usize) };
+    let root = plen == 1 && p.bytes[0] == b'/';
+    if !(plen == c.name_len || next == b'/' || root) {
+        return 0;
+    }
+    // ENTRIES: only a direct entry of the directory, i.e. the name's last '/' is the one
+    // right after the prefix.
+    if p.mode == watch_mode::ENTRIES as u32 && c.last_slash != plen {
+        return 0;
+    }
+    c.matched = 1;
+    1
+}

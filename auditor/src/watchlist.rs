@@ -1,0 +1,356 @@
+//! What the file hooks watch, and how the kernel is told.
+//!
+//! The kernel filter (auditor-ebpf `filter.rs`) needs two things: the watched trees as
+//! absolute path prefixes (for absolute names) and as (device, inode) keys (for names
+//! relative to a directory fd or the cwd). This module computes both from the watch
+//! list: each tree, every other mountpoint through which the same directory is reachable
+//! (bind mounts, from /proc/self/mountinfo), the directories holding users' shell history
+//! files, and the ancestors of all of these (a relative name from `/var` may reach
+//! `/var/log`; userspace then decides exactly).
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use auditor_common::{InodeKey, WatchPrefix, limits, watch_mode};
+
+/// Shell and REPL history files, relative to a home directory.
+pub const HISTORY_FILES: &[&str] = &[
+    ".bash_history",
+    ".zsh_history",
+    ".sh_history",
+    ".history",
+    ".ash_history",
+    ".python_history",
+    ".mysql_history",
+    ".psql_history",
+    ".sqlite_history",
+    ".node_repl_history",
+    ".local/share/fish/fish_history",
+];
+
+pub const DEFAULT_TREES: &[&str] = &["/var/log"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchList {
+    /// Watched trees, canonical.
+    pub trees: Vec<PathBuf>,
+    /// Watched single files (history files), absolute.
+    pub files: Vec<PathBuf>,
+    /// Every prefix the kernel compares absolute names with: trees and their bind-mount
+    /// aliases (whole subtree).
+    pub prefixes: Vec<String>,
+    /// Directories holding history files: the kernel passes their direct entries up and
+    /// userspace keeps only the history files.
+    pub entry_dirs: Vec<String>,
+    /// (device, inode) -> watch mode.
+    pub inodes: BTreeMap<(u32, u64), u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("too many watch prefixes ({0}); the kernel filter holds {max}", max = limits::WATCH_PREFIXES_MAX)]
+    TooManyPrefixes(usize),
+    #[error("watch path {0} is longer than {max} bytes", max = limits::PREFIX_LEN_MAX - 1)]
+    TooLong(String),
+}
+
+/// The kernel's `s_dev` encoding (MKDEV: major << 20 | minor) of a `stat` st_dev.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let major = libc::major(st_dev as libc::dev_t);
+    let minor = libc::minor(st_dev as libc::dev_t);
+    (major << 20) | minor
+}
+
+fn inode_of(p: &Path) -> Option<(u32, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((kernel_dev(m.dev()), m.ino()))
+}
+
+/// Home directories from /etc/passwd (plus /root), existing ones only.
+pub fn home_dirs() -> Vec<PathBuf> {
+    let mut homes: Vec<PathBuf> = std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').nth(5))
+        .filter(|h| h.starts_with('/') && *h != "/" && *h != "/nonexistent")
+        .map(PathBuf::from)
+        .filter(|h| h.is_dir())
+        .collect();
+    homes.push(PathBuf::from("/root"));
+    homes.sort();
+    homes.dedup();
+    homes
+}
+
+/// One /proc/self/mountinfo line: mount root (inside the filesystem) and mountpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub dev: String,
+    pub root: String,
+    pub mountpoint: String,
+}
+
+/// Parses /proc/self/mountinfo text (octal escapes in paths decoded).
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    fn unescape(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\'
+                && i + 3 < b.len()
+                && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            {
+                out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+                i += 4;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() >= 5).then(|| Mount {
+                dev: f[2].to_string(),
+                root: unescape(f[3]),
+                mountpoint: unescape(f[4]),
+            })
+        })
+        .collect()
+}
+
+fn under(path: &str, prefix: &str) -> Option<String> {
+    if prefix == "/" {
+        return Some(path.to_string());
+    }
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then(|| rest.to_string())
+}
+
+/// Other absolute paths through which `dir` is reachable: every mount of the same
+/// filesystem whose root contains `dir`'s location in that filesystem.
+pub fn mount_aliases(dir: &str, mounts: &[Mount]) -> Vec<String> {
+    // The mount `dir` is on: the longest mountpoint that is a prefix of it.
+    let Some(home) = mounts
+        .iter()
+        .filter(|m| under(dir, &m.mountpoint).is_some())
+        .max_by_key(|m| m.mountpoint.len())
+    else {
+        return Vec::new();
+    };
+    let Some(rel) = under(dir, &home.mountpoint) else {
+        return Vec::new();
+    };
+    let fs_path = if home.root == "/" {
+        if rel.is_empty() { "/".to_string() } else { rel }
+    } else {
+        format!("{}{}", home.root, rel)
+    };
+    let mut out = Vec::new();
+    for m in mounts
+        .iter()
+        .filter(|m| m.dev == home.dev && m.mountpoint != home.mountpoint)
+    {
+        if let Some(inner) = under(&fs_path, &m.root) {
+            let alias = if m.mountpoint == "/" {
+                if inner.is_empty() { "/".into() } else { inner }
+            } else {
+                format!("{}{}", m.mountpoint, inner)
+            };
+            if alias != dir {
+                out.push(alias);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl WatchList {
+    /// Builds the list from watched trees (already canonical) and the users' homes.
+    pub fn build(
+        trees: &[PathBuf],
+        homes: &[PathBuf],
+        mountinfo: &str,
+    ) -> Result<Self, WatchError> {
+        let mounts = parse_mountinfo(mountinfo);
+        let mut prefixes = Vec::new();
+        let mut inodes: BTreeMap<(u32, u64), u8> = BTreeMap::new();
+        let mark = |p: &Path, mode: u8, inodes: &mut BTreeMap<(u32, u64), u8>| {
+            if let Some(k) = inode_of(p) {
+                // TREE wins over ENTRIES wins over ANCESTOR.
+                let e = inodes.entry(k).or_insert(mode);
+                if mode == watch_mode::TREE
+                    || (mode == watch_mode::ENTRIES && *e == watch_mode::ANCESTOR)
+                {
+                    *e = mode;
+                }
+            }
+        };
+        for t in trees {
+            let s = t.to_string_lossy().into_owned();
+            prefixes.push(s.clone());
+            prefixes.extend(mount_aliases(&s, &mounts));
+            mark(t, watch_mode::TREE, &mut inodes);
+            for a in t.ancestors().skip(1) {
+                mark(a, watch_mode::ANCESTOR, &mut inodes);
+            }
+        }
+        let mut files = Vec::new();
+        let mut entry_dirs = Vec::new();
+        for h in homes {
+            for f in HISTORY_FILES {
+                let p = h.join(f);
+                files.push(p.clone());
+                if let Some(dir) = p.parent() {
+                    entry_dirs.push(dir.to_string_lossy().into_owned());
+                    mark(dir, watch_mode::ENTRIES, &mut inodes);
+                    for a in dir.ancestors().skip(1) {
+                        mark(a, watch_mode::ANCESTOR, &mut inodes);
+                    }
+                }
+            }
+        }
+        prefixes.sort();
+        prefixes.dedup();
+        // A prefix inside another adds nothing.
+        let all = prefixes.clone();
+        prefixes.retain(|p| !all.iter().any(|q| q != p && under(p, q).is_some()));
+        entry_dirs.sort();
+        entry_dirs.dedup();
+        // Entries of a directory inside a watched tree are covered by the tree.
+        entry_dirs.retain(|d| !prefixes.iter().any(|p| under(d, p).is_some()));
+        let total = prefixes.len() + entry_dirs.len();
+        if total > limits::WATCH_PREFIXES_MAX as usize {
+            return Err(WatchError::TooManyPrefixes(total));
+        }
+        if let Some(long) = prefixes
+            .iter()
+            .chain(&entry_dirs)
+            .find(|p| p.len() >= limits::PREFIX_LEN_MAX)
+        {
+            return Err(WatchError::TooLong(long.clone()));
+        }
+        Ok(Self {
+            trees: trees.to_vec(),
+            files,
+            prefixes,
+            entry_dirs,
+            inodes,
+        })
+    }
+
+    /// Entries of the kernel's prefix map.
+    pub fn prefix_count(&self) -> usize {
+        self.prefixes.len() + self.entry_dirs.len()
+    }
+
+    /// The prefixes as the kernel map stores them.
+    pub fn kernel_prefixes(&self) -> Vec<WatchPrefix> {
+        let tree = self.prefixes.iter().map(|p| (p, watch_mode::TREE));
+        let entries = self.entry_dirs.iter().map(|p| (p, watch_mode::ENTRIES));
+        tree.chain(entries)
+            .map(|(p, mode)| {
+                let mut bytes = [0u8; limits::PREFIX_LEN_MAX];
+                bytes[..p.len()].copy_from_slice(p.as_bytes());
+                WatchPrefix {
+                    len: p.len() as u32,
+                    mode: u32::from(mode),
+                    bytes,
+                }
+            })
+            .collect()
+    }
+
+    pub fn kernel_inodes(&self) -> Vec<(InodeKey, u8)> {
+        self.inodes
+            .iter()
+            .map(|(&(dev, ino), &m)| (InodeKey { dev, _pad: 0, ino }, m))
+            .collect()
+    }
+
+    /// Is this absolute, normalised path watched? Returns what matched.
+    pub fn classify(&self, path: &str) -> Option<Scope> {
+        if self.files.iter().any(|f| f.as_os_str() == path) {
+            return Some(Scope::History);
+        }
+        self.prefixes
+            .iter()
+            .any(|p| under(path, p).is_some())
+            .then_some(Scope::Tree)
+    }
+}
+
+/// Why a path is in scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Inside a watched tree (logs).
+    Tree,
+    /// A user's shell history file.
+    History,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+30 22 254:0 /var/log /mnt/logs rw - ext4 /dev/vda rw
+31 22 254:0 /var /srv/var rw - ext4 /dev/vda rw
+32 22 0:5 / /proc rw - proc proc rw
+33 22 254:0 /home /mnt/with\\040space rw - ext4 /dev/vda rw";
+
+    #[test]
+    fn bind_mounts_of_a_watched_tree_are_prefixes_too() {
+        let m = parse_mountinfo(MOUNTINFO);
+        assert_eq!(m[4].mountpoint, "/mnt/with space");
+        assert_eq!(
+            mount_aliases("/var/log", &m),
+            vec!["/mnt/logs".to_string(), "/srv/var/log".to_string()]
+        );
+        assert!(mount_aliases("/proc", &m).is_empty());
+    }
+
+    #[test]
+    fn scope_of_paths() {
+        let w = WatchList::build(
+            &[PathBuf::from("/var/log")],
+            &[PathBuf::from("/root")],
+            MOUNTINFO,
+        )
+        .unwrap();
+        assert_eq!(w.classify("/var/log/auth.log"), Some(Scope::Tree));
+        assert_eq!(w.classify("/var/log"), Some(Scope::Tree));
+        assert_eq!(w.classify("/var/logs/x"), None);
+        assert_eq!(w.classify("/mnt/logs/syslog"), Some(Scope::Tree));
+        assert_eq!(w.classify("/root/.bash_history"), Some(Scope::History));
+        assert_eq!(w.classify("/root/.bashrc"), None);
+        assert!(w.entry_dirs.contains(&"/root".to_string()));
+        assert!(
+            w.entry_dirs
+                .contains(&"/root/.local/share/fish".to_string())
+        );
+        assert_eq!(w.prefix_count(), w.kernel_prefixes().len());
+        // /var/log and /var are real here: their inodes are marked.
+        let var = inode_of(Path::new("/var")).unwrap();
+        assert_eq!(w.inodes.get(&var), Some(&watch_mode::ANCESTOR));
+        let root_home = inode_of(Path::new("/root")).unwrap();
+        assert_eq!(w.inodes.get(&root_home), Some(&watch_mode::ENTRIES));
+    }
+
+    #[test]
+    fn kernel_dev_encoding() {
+        // st_dev 0xfe00 is 254:0 -> MKDEV = 254 << 20.
+        assert_eq!(kernel_dev(libc::makedev(254, 0)), 254 << 20);
+        assert_eq!(kernel_dev(libc::makedev(8, 17)), (8 << 20) | 17);
+    }
+}

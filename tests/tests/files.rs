@@ -1,0 +1,268 @@
+//! Log tampering against the real kernel: each test deletes, renames or truncates a file
+//! in a watched tree for real — with the usual tools and with ones that bypass them — and
+//! asserts the exact absolute path, pid, uid, outcome and tamper kind.
+#![allow(clippy::unwrap_used)]
+
+use std::{process::Command, time::Duration};
+
+use auditor_integration::{Auditor, TempDir, marker, run};
+use serde_json::Value;
+
+/// A watched tree of our own (so tests never touch the real /var/log) with a log in it.
+fn setup(name: &str) -> (TempDir, String) {
+    let dir = TempDir::new(name);
+    let log = format!("{}/app.log", dir.str());
+    std::fs::write(&log, "line 1\nline 2\n").unwrap();
+    (dir, log)
+}
+
+fn start(dir: &TempDir) -> Auditor {
+    Auditor::start(&["--path", dir.str()])
+}
+
+/// The file event of `kind` on `path` by process `pid`.
+fn file_event(a: &Auditor, kind: &str, path: &str, pid: Option<u32>) -> Value {
+    a.wait_for(&format!("{kind} of {path}"), Duration::from_secs(20), |e| {
+        e["kind"] == kind
+            && e["path"] == path
+            && e["ret"].is_i64()
+            && pid.is_none_or(|p| e["pid"] == p)
+    })
+}
+
+fn sh(script: &str, cwd: &str) -> u32 {
+    let (pid, st) = run(Command::new("bash")
+        .args(["--norc", "-c", script])
+        .current_dir(cwd));
+    assert!(st.success(), "{script}");
+    pid
+}
+
+#[test]
+fn rm_by_absolute_path() {
+    let (dir, log) = setup("rm-abs");
+    let a = start(&dir);
+    let (pid, st) = run(Command::new("/bin/rm").arg(&log));
+    assert!(st.success());
+    let e = file_event(&a, "delete", &log, Some(pid));
+    assert_eq!(e["raw_path"], log);
+    assert_eq!(e["uid"], 0);
+    assert_eq!(e["ret"], 0);
+    assert_eq!(e["success"], true);
+    assert_eq!(e["comm"], "rm");
+    assert!(["unlink", "unlinkat"].contains(&e["syscall"].as_str().unwrap()));
+    assert_eq!(e["tamper"]["kind"], "log_deleted");
+    a.stop();
+}
+
+#[test]
+fn rm_relative_after_cd_and_find_delete() {
+    let (dir, log) = setup("rm-rel");
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let nested = format!("{}/sub/old.log", dir.str());
+    std::fs::write(&nested, "x").unwrap();
+    let a = start(&dir);
+    // cd into the tree, then a relative name.
+    let pid = sh("exec rm app.log", dir.str());
+    let e = file_event(&a, "delete", &log, Some(pid));
+    assert_eq!(e["raw_path"], "app.log");
+    assert_eq!(e["tamper"]["kind"], "log_deleted");
+    // find -delete works with unlinkat(dirfd, name).
+    let (pid, st) = run(Command::new("find")
+        .arg(dir.path().join("sub"))
+        .arg("-delete"));
+    assert!(st.success());
+    let e = file_event(&a, "delete", &nested, Some(pid));
+    assert_eq!(
+        e["raw_path"], "old.log",
+        "find passes the bare name with a dirfd"
+    );
+    assert_eq!(e["syscall"], "unlinkat");
+    let sub = format!("{}/sub", dir.str());
+    let e = file_event(&a, "delete", &sub, Some(pid));
+    assert_eq!(e["flags"][0], "AT_REMOVEDIR");
+    a.stop();
+}
+
+#[test]
+fn relative_name_from_an_ancestor_reaches_the_tree() {
+    let (dir, log) = setup("ancestor");
+    let parent = dir.path().parent().unwrap().to_str().unwrap().to_string();
+    let leaf = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let a = start(&dir);
+    let pid = sh(&format!("exec rm {leaf}/app.log"), &parent);
+    let e = file_event(&a, "delete", &log, Some(pid));
+    assert_eq!(e["raw_path"], format!("{leaf}/app.log"));
+    assert_eq!(e["tamper"]["kind"], "log_deleted");
+    a.stop();
+}
+
+#[test]
+fn python_and_perl_bypass_the_usual_tools() {
+    let (dir, log) = setup("py");
+    let log2 = format!("{}/other.log", dir.str());
+    std::fs::write(&log2, "y").unwrap();
+    let a = start(&dir);
+    // unlink relative to a directory fd.
+    let (pid, st) = run(Command::new("python3").arg("-c").arg(format!(
+        "import os\nfd=os.open({:?}, os.O_RDONLY|os.O_DIRECTORY)\nos.unlink('app.log', dir_fd=fd)",
+        dir.str()
+    )));
+    assert!(st.success());
+    let e = file_event(&a, "delete", &log, Some(pid));
+    assert_eq!(e["syscall"], "unlinkat");
+    assert_eq!(e["raw_path"], "app.log");
+    assert!(e["dirfd"].as_i64().unwrap() >= 0);
+    let (pid, st) = run(Command::new("perl")
+        .arg("-e")
+        .arg(format!("unlink({log2:?}) or die")));
+    assert!(st.success());
+    let e = file_event(&a, "delete", &log2, Some(pid));
+    assert_eq!(e["comm"], "perl");
+    a.stop();
+}
+
+#[test]
+fn truncations_by_redirect_truncate_and_cp() {
+    let (dir, log) = setup("trunc");
+    let a = start(&dir);
+    let pid = sh(&format!(": > {log}"), dir.str());
+    let e = file_event(&a, "truncate", &log, Some(pid));
+    assert_eq!(e["tamper"]["kind"], "log_truncated");
+    assert!(
+        e["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "O_TRUNC")
+    );
+    assert_eq!(e["ret"].as_i64().map(|r| r >= 0), Some(true));
+
+    let (pid, st) = run(Command::new("truncate").args(["-s0", &log]));
+    assert!(st.success());
+    let e = a.wait_for("truncate -s0", Duration::from_secs(20), |e| {
+        e["kind"] == "truncate"
+            && e["pid"] == pid
+            && e["path"] == log.as_str()
+            && e["length"] == 0
+            && e["ret"].is_i64()
+    });
+    assert!(["ftruncate", "truncate"].contains(&e["syscall"].as_str().unwrap()));
+    assert_eq!(e["tamper"]["kind"], "log_truncated");
+
+    let (pid, st) = run(Command::new("cp").args(["/dev/null", &log]));
+    assert!(st.success());
+    let e = file_event(&a, "truncate", &log, Some(pid));
+    assert_eq!(e["comm"], "cp");
+    a.stop();
+}
+
+#[test]
+fn ftruncate_reports_the_file_behind_the_fd() {
+    let (dir, log) = setup("ftrunc");
+    let a = start(&dir);
+    let (pid, st) = run(Command::new("python3").arg("-c").arg(format!(
+        "import os\nfd=os.open({log:?}, os.O_WRONLY)\nos.ftruncate(fd, 3)"
+    )));
+    assert!(st.success());
+    let e = a.wait_for("ftruncate", Duration::from_secs(20), |e| {
+        e["kind"] == "truncate"
+            && e["pid"] == pid
+            && e["syscall"] == "ftruncate"
+            && e["ret"].is_i64()
+    });
+    assert_eq!(e["path"], log, "resolved from the fd in the kernel");
+    assert_eq!(e["raw_path"], "");
+    assert_eq!(e["length"], 3);
+    assert_eq!(e["tamper"]["kind"], "log_truncated");
+    a.stop();
+}
+
+#[test]
+fn renames_away_over_and_within() {
+    let (dir, log) = setup("mv");
+    let outside = TempDir::new("mv-outside");
+    let away = format!("{}/stolen.log", outside.str());
+    let a = start(&dir);
+    let (pid, st) = run(Command::new("mv").args([&log, &away]));
+    assert!(st.success());
+    let e = file_event(&a, "rename", &log, Some(pid));
+    assert_eq!(e["new_path"], away);
+    assert_eq!(e["tamper"]["kind"], "log_renamed_away");
+
+    // Replace a log by renaming another file over it.
+    std::fs::write(&log, "real").unwrap();
+    let fake = format!("{}/fake.log", outside.str());
+    std::fs::write(&fake, "fake").unwrap();
+    let (pid, st) = run(Command::new("mv").args(["-f", &fake, &log]));
+    assert!(st.success());
+    let e = a.wait_for("rename onto", Duration::from_secs(20), |e| {
+        e["kind"] == "rename"
+            && e["pid"] == pid
+            && e["new_path"] == log.as_str()
+            && e["ret"].is_i64()
+    });
+    assert_eq!(e["path"], fake);
+    assert_eq!(e["tamper"]["kind"], "log_replaced");
+
+    // Rotation inside the tree is recorded, but is not tamper.
+    let rotated = format!("{log}.1");
+    let (pid, _) = run(Command::new("mv").args([&log, &rotated]));
+    let e = file_event(&a, "rename", &log, Some(pid));
+    assert_eq!(e["new_path"], rotated);
+    assert!(e.get("tamper").is_none(), "{e}");
+    a.stop();
+}
+
+#[test]
+fn failed_attempt_on_an_append_only_log_is_recorded() {
+    let (dir, log) = setup("chattr");
+    let chattr = Command::new("chattr").arg("+a").arg(&log).status();
+    if !chattr.is_ok_and(|s| s.success()) {
+        panic!(
+            "chattr +a failed: this test needs a filesystem with append-only support (ext4 here)"
+        );
+    }
+    let a = start(&dir);
+    let (pid, st) = run(Command::new("python3").arg("-c").arg(format!(
+        "import os,sys\ntry: os.unlink({log:?})\nexcept OSError as e: sys.exit(e.errno)"
+    )));
+    assert_eq!(st.code(), Some(libc::EPERM));
+    let e = file_event(&a, "delete", &log, Some(pid));
+    assert_eq!(e["ret"], -libc::EPERM);
+    assert_eq!(e["errno"], "EPERM");
+    assert_eq!(e["success"], false);
+    assert_eq!(
+        e["tamper"]["kind"], "log_deleted",
+        "the attempt is what matters"
+    );
+    let _ = Command::new("chattr").arg("-a").arg(&log).status();
+    a.stop();
+}
+
+#[test]
+fn churn_outside_the_watched_trees_never_reaches_userspace() {
+    let (dir, _log) = setup("quiet");
+    let elsewhere = TempDir::new("churn");
+    let a = start(&dir);
+    let m = marker("churn");
+    for i in 0..50 {
+        let p = elsewhere.path().join(format!("{m}-{i}"));
+        std::fs::write(&p, "x").unwrap();
+        std::fs::remove_file(&p).unwrap();
+    }
+    // A watched deletion after the churn: once it is seen, the churn would have been too.
+    let probe = format!("{}/probe.log", dir.str());
+    std::fs::write(&probe, "p").unwrap();
+    std::fs::remove_file(&probe).unwrap();
+    file_event(&a, "delete", &probe, Some(std::process::id()));
+    let leaked = a.all(|e| e["path"].as_str().is_some_and(|p| p.contains(&m)));
+    assert!(leaked.is_empty(), "{leaked:?}");
+    a.stop();
+}
