@@ -176,6 +176,39 @@ pub struct WatchArgs {
     /// Load this eBPF object instead of the embedded one (from `cargo xtask build-ebpf`).
     #[arg(long, value_name = "PATH")]
     pub obj: Option<PathBuf>,
+    /// Stream events to this vault (https://HOST:PORT; http:// needs --allow-insecure-http).
+    #[arg(long, value_name = "URL", requires = "token")]
+    pub vault: Option<String>,
+    /// This host's token from `auditor vault enroll` (or $AUDITOR_TOKEN).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "AUDITOR_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Pin the vault's TLS certificate by its SHA-256 fingerprint (printed by `vault serve`).
+    #[arg(long, value_name = "SHA256")]
+    pub vault_pin: Option<String>,
+    /// Trust this CA (PEM) for the vault's certificate.
+    #[arg(long, value_name = "PEM")]
+    pub vault_ca: Option<PathBuf>,
+    /// Allow a plain http:// vault URL.
+    #[arg(long)]
+    pub allow_insecure_http: bool,
+    /// Spool directory: every event stays here until the vault acknowledged it.
+    #[arg(long, value_name = "DIR", default_value = crate::sink::vault_client::DEFAULT_SPOOL_DIR)]
+    pub spool: PathBuf,
+    /// Spool size limit (beyond it new events are dropped and counted).
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    pub spool_max: String,
+    /// Do not redact passwords, tokens, URL credentials and e-mail addresses in argv
+    /// before events leave the host.
+    #[arg(long)]
+    pub no_redact: bool,
+    /// Name this host reports to the vault [default: the kernel hostname].
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
     /// Local vault directory used when no remote vault is configured.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_LOCAL_VAULT)]
     pub vault_dir: PathBuf,

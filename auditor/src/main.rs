@@ -102,8 +102,33 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
         sinks.push(Box::new(file::open(path)?));
     }
     let boot_id = watch::new_boot_id();
-    if !args.no_local_vault {
-        let host = watch::hostname();
+    let kernel_losses = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let host = args.host.clone().unwrap_or_else(watch::hostname);
+    if let Some(url) = &args.vault {
+        use auditor::sink::vault_client::{VaultClientOptions, VaultSink};
+        let token = args
+            .token
+            .clone()
+            .context("--vault needs --token (or $AUDITOR_TOKEN)")?;
+        let max = auditor::cli::parse_size(&args.spool_max)
+            .map_err(|why| anyhow::anyhow!("--spool-max {:?}: {why}", args.spool_max))?;
+        let opts = VaultClientOptions {
+            spool_dir: args.spool.clone(),
+            spool_max_bytes: max,
+            tls_pin_sha256: args.vault_pin.clone(),
+            ca_cert: args.vault_ca.clone(),
+            allow_insecure_http: args.allow_insecure_http,
+            redaction: if args.no_redact {
+                auditor::redact::Redactor::disabled()
+            } else {
+                auditor::redact::Redactor::default()
+            },
+            ..VaultClientOptions::new(url.clone(), token, host.clone(), boot_id.clone())
+        };
+        let sink = VaultSink::start(opts, kernel_losses.clone())
+            .with_context(|| format!("starting delivery to {url}"))?;
+        sinks.push(Box::new(sink));
+    } else if !args.no_local_vault {
         let sink = LocalVaultSink::open(&args.vault_dir, &host, &boot_id).with_context(|| {
             format!(
                 "opening the local vault {} (--vault-dir)",
@@ -112,7 +137,11 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
         })?;
         sinks.push(Box::new(sink));
     }
-    let opts = WatchOptions { load, boot_id };
+    let opts = WatchOptions {
+        load,
+        boot_id,
+        kernel_losses,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -39,6 +39,8 @@ pub enum WatchError {
 pub struct WatchOptions {
     pub load: LoadOptions,
     pub boot_id: String,
+    /// Kernel records lost since start, for the vault client's heartbeats.
+    pub kernel_losses: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Assigns per-boot sequence numbers and wall-clock times.
@@ -146,7 +148,10 @@ pub async fn run(
                 seq.resample();
                 asm.expire(clock::boot_now_ns(), &mut out);
                 match losses.poll() {
-                    Ok(Some(d)) => out.push(loss_event(&seq, d)),
+                    Ok(Some(d)) => {
+                        opts.kernel_losses.store(d.total_records, std::sync::atomic::Ordering::Relaxed);
+                        out.push(loss_event(&seq, d));
+                    }
                     Ok(None) => {}
                     Err(e) => tracing::warn!("cannot read the kernel loss counters: {e}"),
                 }
@@ -246,6 +251,9 @@ fn sink_loop(
     }
     for s in sinks.iter_mut() {
         s.flush()?;
+    }
+    for s in sinks {
+        s.close();
     }
     Ok(())
 }

@@ -27,6 +27,8 @@ pub trait Sink: Send {
     fn write(&mut self, ev: &Event) -> Result<(), SinkError>;
     /// Called when the queue is momentarily empty and at shutdown.
     fn flush(&mut self) -> Result<(), SinkError>;
+    /// Graceful end (after the final flush): e.g. the vault client's last delivery try.
+    fn close(self: Box<Self>) {}
 }
 
 /// JSON Lines to any writer.

@@ -436,7 +436,22 @@ impl Sink for VaultSink {
             source: std::io::Error::other(e.to_string()),
         })
     }
+
+    /// Gives the sender a few seconds to deliver what is spooled; the rest stays in the
+    /// spool for the next start.
+    fn close(self: Box<Self>) {
+        let stats = (*self).shutdown(SHUTDOWN_DEADLINE);
+        if stats.spooled_events > 0 {
+            tracing::warn!(
+                spooled = stats.spooled_events,
+                "vault not reached before shutdown; events stay spooled and are sent on the next start"
+            );
+        }
+    }
 }
+
+/// How long a graceful stop waits for the vault to acknowledge what is spooled.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 impl Drop for VaultSink {
     /// Without `shutdown`: stop at once (what is spooled stays spooled).
