@@ -162,7 +162,10 @@ pub async fn serve_on(
         }
         Some(config) => serve_tls(listener, app, config, stop_rx.clone()).await,
     };
+    // Wait for the watcher to be gone: it holds the store, and with it the directory
+    // lock, which a restart on the same DATA needs.
     silence.abort();
+    let _ = silence.await;
     result
 }
 
