@@ -499,15 +499,20 @@ fn file_event(
         (_, _, Some(a), Some(s)) => classify::file(a, s, &ev),
         _ => None,
     };
-    let body = match e.op {
-        file_op::UNLINK | file_op::UNLINKAT | file_op::RMDIR => Body::Delete(Box::new(ev)),
-        file_op::RENAME | file_op::RENAMEAT | file_op::RENAMEAT2 => Body::Rename(Box::new(ev)),
-        _ => Body::Truncate(Box::new(ev)),
-    };
+    let body = file_body(e.op, ev);
     Some(Stamped {
         boot_ns: e.header.boot_ns,
         body,
     })
+}
+
+/// The event kind of a file op: delete, rename or truncate.
+fn file_body(op: u32, ev: FileOp) -> Body {
+    match op {
+        file_op::UNLINK | file_op::UNLINKAT | file_op::RMDIR => Body::Delete(Box::new(ev)),
+        file_op::RENAME | file_op::RENAMEAT | file_op::RENAMEAT2 => Body::Rename(Box::new(ev)),
+        _ => Body::Truncate(Box::new(ev)),
+    }
 }
 
 /// A file result whose entry was lost.
@@ -522,11 +527,7 @@ fn orphan_file_result(r: &SyscallResultRecord) -> Stamped {
         warnings: vec!["entry_missing"],
         ..Default::default()
     };
-    let body = match r.op {
-        file_op::UNLINK | file_op::UNLINKAT | file_op::RMDIR => Body::Delete(Box::new(ev)),
-        file_op::RENAME | file_op::RENAMEAT | file_op::RENAMEAT2 => Body::Rename(Box::new(ev)),
-        _ => Body::Truncate(Box::new(ev)),
-    };
+    let body = file_body(r.op, ev);
     Stamped {
         boot_ns: r.header.boot_ns,
         body,
