@@ -23,6 +23,8 @@ pub mod kind {
     pub const FILE: u16 = 3;
     /// The return value of a syscall whose entry record was emitted (paired on the tid).
     pub const SYSCALL_RESULT: u16 = 4;
+    /// `connect(2)` entry: socket address (IPv4, IPv6, unix path, or the raw family).
+    pub const CONNECT: u16 = 5;
 }
 
 /// `FileEvent::op` values: which syscall.
@@ -39,6 +41,8 @@ pub mod file_op {
     pub const OPENAT: u32 = 10;
     pub const OPENAT2: u32 = 11;
     pub const CREAT: u32 = 12;
+    /// Not a file op: the `op` of a connect's `SYSCALL_RESULT`.
+    pub const CONNECT: u32 = 100;
 }
 
 /// `ExecEvent::syscall` values.
@@ -81,6 +85,10 @@ pub mod flags {
     pub const BASE1_FAULT: u32 = 1 << 15;
     pub const BASE2_TRUNCATED: u32 = 1 << 16;
     pub const BASE2_FAULT: u32 = 1 << 17;
+    /// Connect: the socket address could not be read from user memory.
+    pub const ADDR_FAULT: u32 = 1 << 20;
+    /// Connect: the unix path was longer than the capture.
+    pub const ADDR_TRUNCATED: u32 = 1 << 21;
     /// File events: path 1 / 2 is inside a watched tree (why the record was emitted).
     pub const PATH1_WATCHED: u32 = 1 << 18;
     pub const PATH2_WATCHED: u32 = 1 << 19;
@@ -248,6 +256,29 @@ pub struct FileEvent {
     pub comm: [u8; limits::COMM_LEN],
 }
 
+/// `kind::CONNECT`. Tail: the unix socket path (`path_len` bytes; an abstract name
+/// starts with a NUL byte), empty for other families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectEvent {
+    pub header: Header,
+    pub ppid: u32,
+    pub flags: u32,
+    pub creds: Creds,
+    pub cgroup_id: u64,
+    pub fd: i32,
+    /// `sa_family` as read from user memory (0 if unreadable, see `flags`).
+    pub family: u16,
+    /// Port in host byte order (IPv4/IPv6).
+    pub port: u16,
+    /// `addrlen` as passed.
+    pub addrlen: u32,
+    pub path_len: u32,
+    /// IPv4 address in the first 4 bytes, or the IPv6 address.
+    pub addr: [u8; 16],
+    pub comm: [u8; limits::COMM_LEN],
+}
+
 /// `kind::SYSCALL_RESULT`: the exit of a syscall whose entry record was emitted.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -377,6 +408,15 @@ const _: () = {
     assert!(offset_of!(FileEvent, base2_len) == 112);
     assert!(offset_of!(FileEvent, comm) == 120);
     assert!(size_of::<FileEvent>() == 136);
+    assert!(offset_of!(ConnectEvent, cgroup_id) == 64);
+    assert!(offset_of!(ConnectEvent, fd) == 72);
+    assert!(offset_of!(ConnectEvent, family) == 76);
+    assert!(offset_of!(ConnectEvent, port) == 78);
+    assert!(offset_of!(ConnectEvent, addrlen) == 80);
+    assert!(offset_of!(ConnectEvent, path_len) == 84);
+    assert!(offset_of!(ConnectEvent, addr) == 88);
+    assert!(offset_of!(ConnectEvent, comm) == 104);
+    assert!(size_of::<ConnectEvent>() == 120);
     assert!(offset_of!(SyscallResultEvent, ret) == 32);
     assert!(offset_of!(SyscallResultEvent, op) == 40);
     assert!(size_of::<SyscallResultEvent>() == 48);

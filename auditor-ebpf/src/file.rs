@@ -36,7 +36,7 @@ const O_CREAT_WRONLY_TRUNC: u32 = 0o1101;
 
 /// tid -> op of an emitted entry waiting for its exit.
 #[map(name = "INFLIGHT")]
-static INFLIGHT: HashMap<u32, u32> = HashMap::with_max_entries(INFLIGHT_MAX, 0);
+pub(crate) static INFLIGHT: HashMap<u32, u32> = HashMap::with_max_entries(INFLIGHT_MAX, 0);
 
 /// Slot 0: `file_rename_part2`, which resolves a rename's second path. Splitting the
 /// two path walks over a tail call keeps each program well inside the verifier's budget.
@@ -77,7 +77,7 @@ macro_rules! exit {
     ($($fn:ident),*) => {$(
         #[tracepoint]
         pub fn $fn(ctx: TracePointContext) -> u32 {
-            file_exit(&ctx);
+            syscall_exit(&ctx);
             0
         }
     )*};
@@ -457,8 +457,9 @@ fn finish(mut rec: Record<FileEvent>, task: u64) {
     rec.submit();
 }
 
+/// Emits the result of a syscall whose entry was emitted (file ops and connect).
 #[inline(always)]
-fn file_exit(ctx: &TracePointContext) {
+pub(crate) fn syscall_exit(ctx: &TracePointContext) {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: plain value copy out of the map.
     let Some(op) = (unsafe { INFLIGHT.get(&tid).copied() }) else {

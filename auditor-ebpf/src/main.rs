@@ -18,6 +18,8 @@ mod filter;
 #[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
+mod net;
+#[cfg(target_arch = "bpf")]
 mod path;
 
 #[cfg(target_arch = "bpf")]

@@ -13,10 +13,10 @@ use auditor_common::{ID_UNKNOWN, file_op, flags, syscall};
 use crate::{
     classify::{self, FileAction},
     decode::{
-        ExecRecord, ExecResultRecord, FileRecord, Record, SyscallResultRecord, path_from_blob,
-        split_argv,
+        ConnectRecord, ExecRecord, ExecResultRecord, FileRecord, Record, SyscallResultRecord,
+        path_from_blob, split_argv,
     },
-    event::{Body, Creds, Exec, FileOp},
+    event::{Body, Connect, Creds, Exec, FileOp},
     watchlist::WatchList,
 };
 
@@ -34,6 +34,7 @@ pub struct Stamped {
 pub struct Assembler {
     pending: HashMap<u32, ExecRecord>,
     files: HashMap<u32, FileRecord>,
+    connects: HashMap<u32, ConnectRecord>,
     watch: Option<WatchList>,
     /// File records the kernel passed up conservatively (a relative name from an
     /// ancestor of a watched tree) that turned out to lie outside every watched tree.
@@ -53,7 +54,7 @@ impl Assembler {
     }
 
     pub fn pending(&self) -> usize {
-        self.pending.len() + self.files.len()
+        self.pending.len() + self.files.len() + self.connects.len()
     }
 
     pub fn push(&mut self, rec: Record, out: &mut Vec<Stamped>) {
@@ -100,6 +101,27 @@ impl Assembler {
                     self.emit_file(prev, None, out);
                 }
             }
+            Record::Connect(c) => {
+                if self.connects.len() >= MAX_PENDING {
+                    let oldest = self
+                        .connects
+                        .iter()
+                        .min_by_key(|(_, e)| e.header.boot_ns)
+                        .map(|(&t, _)| t);
+                    if let Some(e) = oldest.and_then(|t| self.connects.remove(&t)) {
+                        out.push(connect_event(e, None));
+                    }
+                }
+                if let Some(prev) = self.connects.insert(c.header.tid, c) {
+                    out.push(connect_event(prev, None));
+                }
+            }
+            Record::SyscallResult(r) if r.op == file_op::CONNECT => {
+                match self.connects.remove(&r.header.tid) {
+                    Some(c) => out.push(connect_event(c, Some(r))),
+                    None => out.push(orphan_connect_result(&r)),
+                }
+            }
             Record::SyscallResult(r) => match self.files.remove(&r.header.tid) {
                 Some(e) => self.emit_file(e, Some(r), out),
                 None => out.push(orphan_file_result(&r)),
@@ -138,6 +160,17 @@ impl Assembler {
                 self.emit_file(e, None, out);
             }
         }
+        let overdue: Vec<u32> = self
+            .connects
+            .iter()
+            .filter(|(_, e)| now_boot_ns.saturating_sub(e.header.boot_ns) > RESULT_TIMEOUT_NS)
+            .map(|(&tid, _)| tid)
+            .collect();
+        for tid in overdue {
+            if let Some(c) = self.connects.remove(&tid) {
+                out.push(connect_event(c, None));
+            }
+        }
     }
 
     /// Emits every pending entry (shutdown).
@@ -149,6 +182,8 @@ impl Assembler {
         for f in files {
             self.emit_file(f, None, out);
         }
+        let connects: Vec<ConnectRecord> = self.connects.drain().map(|(_, c)| c).collect();
+        out.extend(connects.into_iter().map(|c| connect_event(c, None)));
     }
 
     fn evict_oldest(&mut self, out: &mut Vec<Stamped>) {
@@ -504,6 +539,99 @@ fn file_event(
         boot_ns: e.header.boot_ns,
         body,
     })
+}
+
+fn family_name(f: u16) -> String {
+    match f {
+        0 => "unspec".into(),
+        1 => "unix".into(),
+        2 => "inet".into(),
+        10 => "inet6".into(),
+        n => format!("family_{n}"),
+    }
+}
+
+fn connect_outcome(ev: &mut Connect, ret: i64) {
+    ev.ret = Some(ret);
+    if ret == -i64::from(libc::EINPROGRESS) {
+        ev.outcome = Some("in_progress");
+        ev.errno = Some("EINPROGRESS".into());
+    } else if ret == 0 {
+        ev.outcome = Some("connected");
+        ev.success = Some(true);
+    } else {
+        ev.outcome = Some("failed");
+        ev.success = Some(false);
+        ev.errno = Some(errno_name(ret));
+    }
+}
+
+fn connect_event(c: ConnectRecord, r: Option<SyscallResultRecord>) -> Stamped {
+    let mut ev = Connect {
+        pid: c.header.pid,
+        tid: c.header.tid,
+        ppid: c.ppid,
+        uid: id(c.creds.uid),
+        gid: id(c.creds.gid),
+        euid: id(c.creds.euid),
+        egid: id(c.creds.egid),
+        auid: id(c.creds.auid),
+        sessionid: id(c.creds.sessionid),
+        comm: lossy(&c.comm),
+        cgroup_id: c.cgroup_id,
+        fd: c.fd,
+        family: family_name(c.family),
+        ..Default::default()
+    };
+    if c.flags & flags::ADDR_FAULT != 0 {
+        ev.warnings.push("address_fault");
+    } else {
+        match c.family {
+            2 => {
+                ev.address = Some(
+                    std::net::Ipv4Addr::new(c.addr[0], c.addr[1], c.addr[2], c.addr[3]).to_string(),
+                );
+                ev.port = Some(c.port);
+            }
+            10 => {
+                ev.address = Some(std::net::Ipv6Addr::from(c.addr).to_string());
+                ev.port = Some(c.port);
+            }
+            1 => {
+                let p = &c.path;
+                ev.path = Some(match p.first() {
+                    Some(0) => format!("@{}", lossy(&p[1..]).trim_end_matches('\0')),
+                    _ => lossy(&crate::decode::cstr(p)),
+                });
+            }
+            _ => {}
+        }
+    }
+    if c.flags & flags::ADDR_TRUNCATED != 0 {
+        ev.warnings.push("address_truncated");
+    }
+    match r {
+        Some(r) => connect_outcome(&mut ev, r.ret),
+        None => ev.warnings.push("result_missing"),
+    }
+    Stamped {
+        boot_ns: c.header.boot_ns,
+        body: Body::Connect(Box::new(ev)),
+    }
+}
+
+fn orphan_connect_result(r: &SyscallResultRecord) -> Stamped {
+    let mut ev = Connect {
+        pid: r.header.pid,
+        tid: r.header.tid,
+        warnings: vec!["entry_missing"],
+        ..Default::default()
+    };
+    connect_outcome(&mut ev, r.ret);
+    Stamped {
+        boot_ns: r.header.boot_ns,
+        body: Body::Connect(Box::new(ev)),
+    }
 }
 
 /// The event kind of a file op: delete, rename or truncate.

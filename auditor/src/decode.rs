@@ -7,7 +7,8 @@
 use std::mem::{offset_of, size_of};
 
 use auditor_common::{
-    ABI_VERSION, Creds, ExecEvent, ExecResultEvent, FileEvent, Header, SyscallResultEvent, kind,
+    ABI_VERSION, ConnectEvent, Creds, ExecEvent, ExecResultEvent, FileEvent, Header,
+    SyscallResultEvent, kind,
 };
 
 /// Why a record could not be decoded.
@@ -86,6 +87,23 @@ pub struct FileRecord {
     pub base2_blob: Vec<u8>,
 }
 
+/// A decoded `kind::CONNECT` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectRecord {
+    pub header: Header,
+    pub ppid: u32,
+    pub flags: u32,
+    pub creds: Creds,
+    pub cgroup_id: u64,
+    pub fd: i32,
+    pub family: u16,
+    pub port: u16,
+    pub addrlen: u32,
+    pub addr: [u8; 16],
+    pub comm: Vec<u8>,
+    pub path: Vec<u8>,
+}
+
 /// A decoded `kind::SYSCALL_RESULT` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyscallResultRecord {
@@ -100,6 +118,7 @@ pub enum Record {
     ExecResult(ExecResultRecord),
     File(FileRecord),
     SyscallResult(SyscallResultRecord),
+    Connect(ConnectRecord),
 }
 
 /// Little cursor-free reader over a byte slice whose bounds were checked by the caller.
@@ -203,6 +222,7 @@ pub fn record(buf: &[u8]) -> Result<Record, DecodeError> {
         kind::EXEC_RESULT => exec_result(&f, header).map(Record::ExecResult),
         kind::FILE => file(&f, header).map(Record::File),
         kind::SYSCALL_RESULT => syscall_result(&f, header).map(Record::SyscallResult),
+        kind::CONNECT => connect(&f, header).map(Record::Connect),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -312,6 +332,38 @@ fn file(f: &Fields<'_>, header: Header) -> Result<FileRecord, DecodeError> {
         base1_blob,
         name2,
         base2_blob,
+    })
+}
+
+fn connect(f: &Fields<'_>, header: Header) -> Result<ConnectRecord, DecodeError> {
+    const WHAT: &str = "connect record";
+    if f.0.len() < size_of::<ConnectEvent>() {
+        return Err(DecodeError::Short {
+            what: WHAT,
+            need: size_of::<ConnectEvent>(),
+            got: f.0.len(),
+        });
+    }
+    let path_len = f.u32(offset_of!(ConnectEvent, path_len));
+    split_tail::<ConnectEvent>(WHAT, f.0, &[path_len])?;
+    let mut addr = [0u8; 16];
+    addr.copy_from_slice(&f.0[offset_of!(ConnectEvent, addr)..offset_of!(ConnectEvent, addr) + 16]);
+    Ok(ConnectRecord {
+        header,
+        ppid: f.u32(offset_of!(ConnectEvent, ppid)),
+        flags: f.u32(offset_of!(ConnectEvent, flags)),
+        creds: f.creds(offset_of!(ConnectEvent, creds)),
+        cgroup_id: f.u64(offset_of!(ConnectEvent, cgroup_id)),
+        fd: f.i32(offset_of!(ConnectEvent, fd)),
+        family: f.u16(offset_of!(ConnectEvent, family)),
+        port: f.u16(offset_of!(ConnectEvent, port)),
+        addrlen: f.u32(offset_of!(ConnectEvent, addrlen)),
+        addr,
+        comm: cstr(&f.bytes(
+            offset_of!(ConnectEvent, comm),
+            auditor_common::limits::COMM_LEN,
+        )),
+        path: f.bytes(size_of::<ConnectEvent>(), path_len as usize),
     })
 }
 
@@ -469,7 +521,7 @@ mod tests {
         /// Random bytes behind a valid header of every kind never panic either (this is
         /// where the length arithmetic lives).
         #[test]
-        fn random_bodies_never_panic(k in 0u16..6, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        fn random_bodies_never_panic(k in 0u16..7, body in proptest::collection::vec(any::<u8>(), 0..400)) {
             let len = size_of::<Header>() + body.len();
             let mut b = header(k, len);
             b.extend_from_slice(&body);

@@ -26,6 +26,7 @@ pub enum Body {
     Delete(Box<FileOp>),
     Rename(Box<FileOp>),
     Truncate(Box<FileOp>),
+    Connect(Box<Connect>),
     Loss(Loss),
     DecodeError(DecodeErrorEvent),
     AgentStart(AgentStart),
@@ -38,6 +39,7 @@ impl Body {
             Body::Delete(_) => "delete",
             Body::Rename(_) => "rename",
             Body::Truncate(_) => "truncate",
+            Body::Connect(_) => "connect",
             Body::Loss(_) => "loss",
             Body::DecodeError(_) => "decode_error",
             Body::AgentStart(_) => "agent_start",
@@ -156,6 +158,41 @@ pub struct FileOp {
     pub success: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tamper: Option<Tamper>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<&'static str>,
+}
+
+/// One `connect(2)` attempt and its outcome.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Connect {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub euid: Option<u32>,
+    pub egid: Option<u32>,
+    pub auid: Option<u32>,
+    pub sessionid: Option<u32>,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub fd: i32,
+    /// "inet", "inet6", "unix", "unspec" or "family_<n>".
+    pub family: String,
+    /// IP address (inet, inet6).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Unix socket path; an abstract name is shown with a leading "@".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub ret: Option<i64>,
+    pub errno: Option<String>,
+    /// true for 0; EINPROGRESS (non-blocking connect) counts as not yet known: null.
+    pub success: Option<bool>,
+    /// "connected", "in_progress" or "failed".
+    pub outcome: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<&'static str>,
 }

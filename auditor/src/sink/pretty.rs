@@ -98,6 +98,19 @@ pub fn line(ev: &Event, color: bool) -> String {
                 None => format!("{dim}{line}{reset}"),
             }
         }
+        Body::Connect(n) => format!(
+            "{dim}{time}{reset} connect pid={} uid={} {} {} {}{}",
+            n.pid,
+            n.uid.map_or("?".into(), |u| u.to_string()),
+            n.comm,
+            n.family,
+            n.path.clone().unwrap_or_else(|| format!(
+                "{}:{}",
+                n.address.as_deref().unwrap_or("?"),
+                n.port.map_or("?".into(), |p| p.to_string())
+            )),
+            n.outcome.map(|o| format!(" {o}")).unwrap_or_default()
+        ),
         Body::Loss(l) => format!(
             "{c}{time} LOSS  {} records ({} bytes) dropped by the {} between {} and {} (total {}){reset}",
             l.records, l.bytes, l.source, l.since, l.until, l.total_records
