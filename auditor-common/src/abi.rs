@@ -41,6 +41,8 @@ pub mod file_op {
     pub const OPENAT: u32 = 10;
     pub const OPENAT2: u32 = 11;
     pub const CREAT: u32 = 12;
+    /// `fallocate` with PUNCH_HOLE, COLLAPSE_RANGE or ZERO_RANGE (erasing part of a file).
+    pub const FALLOCATE: u32 = 13;
     /// Not a file op: the `op` of a connect's `SYSCALL_RESULT`.
     pub const CONNECT: u32 = 100;
 }
@@ -244,7 +246,7 @@ pub struct FileEvent {
     pub dirfd2: i32,
     /// AT_REMOVEDIR, RENAME_* or open flags.
     pub op_flags: u32,
-    /// truncate length, or open mode.
+    /// truncate length, open mode, or fallocate length.
     pub arg: u64,
     /// ftruncate's fd (-1 otherwise).
     pub fd: i32,

@@ -253,7 +253,24 @@ enter!(sys_enter_openat2, |c| {
     }
 });
 
+// fallocate: only the modes that erase data (PUNCH_HOLE, COLLAPSE_RANGE, ZERO_RANGE).
+enter!(sys_enter_fallocate, |c| {
+    let mode = arg(&c, 1) as u32;
+    if mode & (0x02 | 0x08 | 0x10) != 0 {
+        file_enter(
+            &c,
+            file_op::FALLOCATE,
+            NONE,
+            NONE,
+            mode,
+            arg(&c, 3),
+            arg(&c, 0) as i32,
+        )
+    }
+});
+
 exit!(
+    sys_exit_fallocate,
     sys_exit_unlink,
     sys_exit_unlinkat,
     sys_exit_rmdir,

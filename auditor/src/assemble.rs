@@ -348,6 +348,7 @@ fn op_name(op: u32) -> &'static str {
         file_op::OPENAT => "openat",
         file_op::OPENAT2 => "openat2",
         file_op::CREAT => "creat",
+        file_op::FALLOCATE => "fallocate",
         _ => "unknown",
     }
 }
@@ -388,6 +389,18 @@ fn op_flag_words(op: u32, fl: u32) -> Vec<&'static str> {
                 (1, "RENAME_NOREPLACE"),
                 (2, "RENAME_EXCHANGE"),
                 (4, "RENAME_WHITEOUT"),
+            ] {
+                if fl & bit != 0 {
+                    w.push(name);
+                }
+            }
+        }
+        file_op::FALLOCATE => {
+            for (bit, name) in [
+                (0x01, "FALLOC_FL_KEEP_SIZE"),
+                (0x02, "FALLOC_FL_PUNCH_HOLE"),
+                (0x08, "FALLOC_FL_COLLAPSE_RANGE"),
+                (0x10, "FALLOC_FL_ZERO_RANGE"),
             ] {
                 if fl & bit != 0 {
                     w.push(name);
@@ -482,22 +495,23 @@ fn file_event(
         raw_path: raw1,
         new_path: is_rename.then(|| path2.clone().unwrap_or_else(|| lossy(&e.name2))),
         raw_new_path: is_rename.then(|| lossy(&e.name2)),
-        dirfd: (e.dirfd1 != AT_FDCWD
-            && e.op != file_op::FTRUNCATE
-            && !matches!(
-                e.op,
-                file_op::UNLINK
-                    | file_op::RMDIR
-                    | file_op::RENAME
-                    | file_op::TRUNCATE
-                    | file_op::OPEN
-                    | file_op::CREAT
-            ))
-        .then_some(e.dirfd1),
+        dirfd: (matches!(
+            e.op,
+            file_op::UNLINKAT
+                | file_op::RENAMEAT
+                | file_op::RENAMEAT2
+                | file_op::OPENAT
+                | file_op::OPENAT2
+        ) && e.dirfd1 != AT_FDCWD)
+            .then_some(e.dirfd1),
         new_dirfd: (matches!(e.op, file_op::RENAMEAT | file_op::RENAMEAT2) && e.dirfd2 != AT_FDCWD)
             .then_some(e.dirfd2),
-        fd: (e.op == file_op::FTRUNCATE).then_some(e.fd),
-        length: matches!(e.op, file_op::TRUNCATE | file_op::FTRUNCATE).then_some(e.arg),
+        fd: matches!(e.op, file_op::FTRUNCATE | file_op::FALLOCATE).then_some(e.fd),
+        length: matches!(
+            e.op,
+            file_op::TRUNCATE | file_op::FTRUNCATE | file_op::FALLOCATE
+        )
+        .then_some(e.arg),
         flags: op_flag_words(e.op, e.op_flags),
         ret: None,
         errno: None,
@@ -527,6 +541,7 @@ fn file_event(
                 _ => (None, None), // within the tree (e.g. rotation): recorded, not tamper
             }
         }
+        file_op::FALLOCATE => (Some(FileAction::Punch), None),
         _ => (Some(FileAction::Truncate), None),
     };
     ev.tamper = match (action1, s1, action2, s2) {

@@ -18,6 +18,8 @@ pub enum FileAction {
     /// The path is the destination of a rename whose source is outside: it is replaced.
     RenameOnto,
     Truncate,
+    /// Part of the file erased in place (fallocate PUNCH_HOLE / COLLAPSE / ZERO).
+    Punch,
 }
 
 /// A built-in file rule: (action, scope) -> tamper kind.
@@ -52,6 +54,18 @@ pub const FILE_RULES: &[FileRule] = &[
         scope: Scope::Tree,
         kind: "log_truncated",
         reason: "a watched log was truncated",
+    },
+    FileRule {
+        action: FileAction::Punch,
+        scope: Scope::Tree,
+        kind: "log_punched",
+        reason: "part of a watched log was erased in place (fallocate)",
+    },
+    FileRule {
+        action: FileAction::Punch,
+        scope: Scope::History,
+        kind: "history_punched",
+        reason: "part of a shell history file was erased in place (fallocate)",
     },
     FileRule {
         action: FileAction::Delete,
@@ -213,6 +227,29 @@ mod tests {
 
     fn kind(exe: &str, argv: &[&str]) -> Option<&'static str> {
         exec(&ex(exe, argv)).map(|t| t.kind)
+    }
+
+    #[test]
+    fn every_file_action_has_a_rule_for_every_scope() {
+        let ev = FileOp {
+            path: "/var/log/x".into(),
+            ..Default::default()
+        };
+        for a in [
+            FileAction::Delete,
+            FileAction::RenameAway,
+            FileAction::RenameOnto,
+            FileAction::Truncate,
+            FileAction::Punch,
+        ] {
+            for s in [Scope::Tree, Scope::History] {
+                assert!(file(a, s, &ev).is_some(), "{a:?} {s:?}");
+            }
+        }
+        assert_eq!(
+            file(FileAction::Punch, Scope::Tree, &ev).map(|t| t.kind),
+            Some("log_punched")
+        );
     }
 
     #[test]

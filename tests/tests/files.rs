@@ -164,6 +164,41 @@ fn truncations_by_redirect_truncate_and_cp() {
 }
 
 #[test]
+fn punching_a_hole_in_a_log_is_tamper() {
+    let (dir, log) = setup("punch");
+    std::fs::write(&log, vec![b'x'; 65536]).unwrap();
+    let a = start(&dir);
+    let (pid, st) = run(Command::new("fallocate").args([
+        "--punch-hole",
+        "--offset",
+        "0",
+        "--length",
+        "8192",
+        &log,
+    ]));
+    assert!(st.success());
+    let e = a.wait_for("fallocate", Duration::from_secs(20), |e| {
+        e["kind"] == "truncate"
+            && e["pid"] == pid
+            && e["syscall"] == "fallocate"
+            && e["ret"].is_i64()
+    });
+    assert_eq!(e["path"], log, "resolved from the fd in the kernel");
+    assert_eq!(e["length"], 8192);
+    assert!(
+        e["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "FALLOC_FL_PUNCH_HOLE"),
+        "{e}"
+    );
+    assert_eq!(e["ret"], 0);
+    assert_eq!(e["tamper"]["kind"], "log_punched");
+    a.stop();
+}
+
+#[test]
 fn ftruncate_reports_the_file_behind_the_fd() {
     let (dir, log) = setup("ftrunc");
     let a = start(&dir);

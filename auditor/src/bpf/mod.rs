@@ -53,6 +53,8 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_exit_open",
     "sys_exit_openat",
     "sys_exit_openat2",
+    "sys_enter_fallocate",
+    "sys_exit_fallocate",
     "sys_enter_connect",
     "sys_exit_connect",
 ];
