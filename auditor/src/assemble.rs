@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use auditor_common::{ID_UNKNOWN, file_op, flags, syscall};
+use auditor_common::{Header, ID_UNKNOWN, file_op, flags, syscall};
 
 use crate::{
     classify::{self, FileAction},
@@ -16,7 +16,7 @@ use crate::{
         ConnectRecord, ExecRecord, ExecResultRecord, FileRecord, Record, SyscallResultRecord,
         path_from_blob, split_argv,
     },
-    event::{Body, Connect, Creds, Exec, FileOp},
+    event::{Body, Connect, Creds, Exec, FileOp, Process},
     watchlist::WatchList,
 };
 
@@ -202,6 +202,38 @@ fn id(v: u32) -> Option<u32> {
     (v != ID_UNKNOWN).then_some(v)
 }
 
+/// Who did it, from a record's header and task fields.
+fn process(
+    h: &Header,
+    ppid: u32,
+    c: &auditor_common::Creds,
+    comm: &[u8],
+    cgroup_id: u64,
+) -> Process {
+    Process {
+        pid: h.pid,
+        tid: h.tid,
+        ppid,
+        uid: id(c.uid),
+        gid: id(c.gid),
+        euid: id(c.euid),
+        egid: id(c.egid),
+        auid: id(c.auid),
+        sessionid: id(c.sessionid),
+        comm: lossy(comm),
+        cgroup_id,
+    }
+}
+
+/// For an exit whose entry was lost: only the header is known.
+fn orphan_process(h: &Header) -> Process {
+    Process {
+        pid: h.pid,
+        tid: h.tid,
+        ..Default::default()
+    }
+}
+
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -236,23 +268,13 @@ fn exec_event(e: ExecRecord, r: Option<ExecResultRecord>) -> Stamped {
         (base.clone(), None)
     };
     let mut ev = Exec {
-        pid: e.header.pid,
-        tid: e.header.tid,
-        ppid: e.ppid,
-        uid: id(e.creds.uid),
-        gid: id(e.creds.gid),
-        euid: id(e.creds.euid),
-        egid: id(e.creds.egid),
-        auid: id(e.creds.auid),
-        sessionid: id(e.creds.sessionid),
+        process: process(&e.header, e.ppid, &e.creds, &e.comm, e.cgroup_id),
         tty: (!e.tty.is_empty()).then(|| lossy(&e.tty)),
-        comm: lossy(&e.comm),
         exe: None,
         exe_source: "argument",
         argv: split_argv(&e.argv),
         argv_truncated: f & flags::ARGV_TRUNCATED != 0,
         cwd,
-        cgroup_id: e.cgroup_id,
         syscall: if e.syscall == syscall::EXECVEAT {
             "execveat"
         } else {
@@ -319,9 +341,7 @@ fn apply_result(ev: &mut Exec, r: &ExecResultRecord) {
 /// An exit whose entry never arrived.
 fn orphan_result(r: ExecResultRecord) -> Stamped {
     let mut ev = Exec {
-        pid: r.header.pid,
-        tid: r.header.tid,
-        comm: String::new(),
+        process: orphan_process(&r.header),
         exe_source: "argument",
         syscall: "execve",
         warnings: vec!["entry_missing"],
@@ -479,17 +499,7 @@ fn file_event(
         return None;
     }
     let mut ev = FileOp {
-        pid: e.header.pid,
-        tid: e.header.tid,
-        ppid: e.ppid,
-        uid: id(e.creds.uid),
-        gid: id(e.creds.gid),
-        euid: id(e.creds.euid),
-        egid: id(e.creds.egid),
-        auid: id(e.creds.auid),
-        sessionid: id(e.creds.sessionid),
-        comm: lossy(&e.comm),
-        cgroup_id: e.cgroup_id,
+        process: process(&e.header, e.ppid, &e.creds, &e.comm, e.cgroup_id),
         syscall: op_name(e.op),
         path: path1.clone().unwrap_or_else(|| raw1.clone()),
         raw_path: raw1,
@@ -583,17 +593,7 @@ fn connect_outcome(ev: &mut Connect, ret: i64) {
 
 fn connect_event(c: ConnectRecord, r: Option<SyscallResultRecord>) -> Stamped {
     let mut ev = Connect {
-        pid: c.header.pid,
-        tid: c.header.tid,
-        ppid: c.ppid,
-        uid: id(c.creds.uid),
-        gid: id(c.creds.gid),
-        euid: id(c.creds.euid),
-        egid: id(c.creds.egid),
-        auid: id(c.creds.auid),
-        sessionid: id(c.creds.sessionid),
-        comm: lossy(&c.comm),
-        cgroup_id: c.cgroup_id,
+        process: process(&c.header, c.ppid, &c.creds, &c.comm, c.cgroup_id),
         fd: c.fd,
         family: family_name(c.family),
         ..Default::default()
@@ -637,8 +637,7 @@ fn connect_event(c: ConnectRecord, r: Option<SyscallResultRecord>) -> Stamped {
 
 fn orphan_connect_result(r: &SyscallResultRecord) -> Stamped {
     let mut ev = Connect {
-        pid: r.header.pid,
-        tid: r.header.tid,
+        process: orphan_process(&r.header),
         warnings: vec!["entry_missing"],
         ..Default::default()
     };
@@ -661,8 +660,7 @@ fn file_body(op: u32, ev: FileOp) -> Body {
 /// A file result whose entry was lost.
 fn orphan_file_result(r: &SyscallResultRecord) -> Stamped {
     let ev = FileOp {
-        pid: r.header.pid,
-        tid: r.header.tid,
+        process: orphan_process(&r.header),
         syscall: op_name(r.op),
         ret: Some(r.ret),
         success: Some(r.ret >= 0),
@@ -814,7 +812,7 @@ mod tests {
         assert_eq!(e.exe_source, "kernel");
         assert_eq!(e.cwd.as_deref(), Some("/tmp"));
         assert_eq!(e.argv, vec!["ls", "-l"]);
-        assert_eq!(e.auid, None);
+        assert_eq!(e.process.auid, None);
         assert_eq!(e.tty.as_deref(), Some("pts/0"));
         assert_eq!((e.ret, e.success), (Some(0), Some(true)));
         assert_eq!(a.pending(), 0);
@@ -839,7 +837,7 @@ mod tests {
         let mut out = Vec::new();
         a.push(Record::Exec(entry(8, 7, 1)), &mut out);
         a.push(Record::ExecResult(result(7, 7, 0)), &mut out);
-        assert_eq!(exec(&out[0]).tid, 8);
+        assert_eq!(exec(&out[0]).process.tid, 8);
         out.clear();
         a.push(Record::ExecResult(result(9, 9, 0)), &mut out);
         assert_eq!(exec(&out[0]).warnings, vec!["entry_missing"]);

@@ -55,9 +55,9 @@ pub struct Creds {
     pub egid: Option<u32>,
 }
 
-/// One exec attempt: the entry (what was asked) joined with its exit (what happened).
+/// The process an event is about. Flattened into each event's JSON object.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
-pub struct Exec {
+pub struct Process {
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
@@ -68,10 +68,18 @@ pub struct Exec {
     /// Login uid; null when unset (a process not descended from a login).
     pub auid: Option<u32>,
     pub sessionid: Option<u32>,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+/// One exec attempt: the entry (what was asked) joined with its exit (what happened).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Exec {
+    /// The caller (its `comm` is the name before the exec), flattened.
+    #[serde(flatten)]
+    pub process: Process,
     /// Controlling terminal (e.g. "pts/0"); null without one.
     pub tty: Option<String>,
-    /// Name of the calling process (before the exec).
-    pub comm: String,
     /// Absolute path of the executable: from the kernel's `mm->exe_file` when the exec
     /// succeeded, otherwise the filename argument made absolute against `cwd`.
     pub exe: Option<String>,
@@ -83,7 +91,6 @@ pub struct Exec {
     pub argv_truncated: bool,
     /// Absolute working directory, resolved in the kernel.
     pub cwd: Option<String>,
-    pub cgroup_id: u64,
     /// "execve" or "execveat".
     pub syscall: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,17 +124,9 @@ pub struct Tamper {
 /// A delete, rename or truncate touching a watched tree (the attempt and its outcome).
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct FileOp {
-    pub pid: u32,
-    pub tid: u32,
-    pub ppid: u32,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub euid: Option<u32>,
-    pub egid: Option<u32>,
-    pub auid: Option<u32>,
-    pub sessionid: Option<u32>,
-    pub comm: String,
-    pub cgroup_id: u64,
+    /// Who: pid, tid, ppid, credentials, audit identity, comm, cgroup (flattened).
+    #[serde(flatten)]
+    pub process: Process,
     /// The syscall: unlink, unlinkat, rmdir, rename, renameat, renameat2, truncate,
     /// ftruncate, open, openat, openat2, creat.
     pub syscall: &'static str,
@@ -165,17 +164,9 @@ pub struct FileOp {
 /// One `connect(2)` attempt and its outcome.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct Connect {
-    pub pid: u32,
-    pub tid: u32,
-    pub ppid: u32,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub euid: Option<u32>,
-    pub egid: Option<u32>,
-    pub auid: Option<u32>,
-    pub sessionid: Option<u32>,
-    pub comm: String,
-    pub cgroup_id: u64,
+    /// Who: pid, tid, ppid, credentials, audit identity, comm, cgroup (flattened).
+    #[serde(flatten)]
+    pub process: Process,
     pub fd: i32,
     /// "inet", "inet6", "unix", "unspec" or "family_<n>".
     pub family: String,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use auditor::event::{Body, Event, Exec};
+use auditor::event::{Body, Event, Exec, Process};
 use auditor::sink::Sink;
 use auditor::sink::vault_client::{VaultClientOptions, VaultSink};
 use auditor::vault::{self, QueryFilter, ServeOptions, StoredRecord};
@@ -161,8 +161,11 @@ fn exec(seq: u64, argv: &[&str]) -> Event {
         time: format!("2026-11-23T12:00:{:02}.000000001Z", seq % 60),
         boot_ns: 1_000_000 + seq,
         body: Body::Exec(Box::new(Exec {
-            pid: 1000 + seq as u32,
-            comm: "bash".into(),
+            process: Process {
+                pid: 1000 + seq as u32,
+                comm: "bash".into(),
+                ..Process::default()
+            },
             filename: format!("/usr/bin/{}", argv[0]),
             argv: argv.iter().map(|s| (*s).to_owned()).collect(),
             exe_source: "argument",

@@ -54,9 +54,9 @@ pub fn line(ev: &Event, color: bool) -> String {
             };
             format!(
                 "{dim}{time}{reset} exec  pid={} ppid={} uid={} {}{} {}{}{dim} cwd={}{}{reset}",
-                e.pid,
-                e.ppid,
-                e.uid.map_or("?".into(), |u| u.to_string()),
+                e.process.pid,
+                e.process.ppid,
+                e.process.uid.map_or("?".into(), |u| u.to_string()),
                 e.exe.as_deref().unwrap_or("?"),
                 if e.argv_truncated {
                     " [argv truncated]"
@@ -86,9 +86,9 @@ pub fn line(ev: &Event, color: bool) -> String {
             let line = format!(
                 "{time} {:<6} pid={} uid={} {} {}{}{}",
                 ev.body.kind(),
-                f.pid,
-                f.uid.map_or("?".into(), |u| u.to_string()),
-                f.comm,
+                f.process.pid,
+                f.process.uid.map_or("?".into(), |u| u.to_string()),
+                f.process.comm,
                 f.path,
                 target,
                 result
@@ -100,9 +100,9 @@ pub fn line(ev: &Event, color: bool) -> String {
         }
         Body::Connect(n) => format!(
             "{dim}{time}{reset} connect pid={} uid={} {} {} {}{}",
-            n.pid,
-            n.uid.map_or("?".into(), |u| u.to_string()),
-            n.comm,
+            n.process.pid,
+            n.process.uid.map_or("?".into(), |u| u.to_string()),
+            n.process.comm,
             n.family,
             n.path.clone().unwrap_or_else(|| format!(
                 "{}:{}",
