@@ -143,6 +143,9 @@ pub mod names {
     pub const WATCH_PREFIXES: &str = "WATCH_PREFIXES";
     pub const WATCH_INODES: &str = "WATCH_INODES";
     pub const INFLIGHT: &str = "INFLIGHT";
+    pub const FILE_PART2: &str = "FILE_PART2";
+    /// The program in `FILE_PART2` slot 0.
+    pub const RENAME_PART2_PROG: &str = "file_rename_part2";
     pub const SETTINGS: &str = "SETTINGS";
 }
 

@@ -24,6 +24,7 @@ use core::ffi::c_void;
 
 use crate::{
     emit::{Record, scratch_base, tail_ptr},
+    kernel::syscall_arg as arg,
     kernel::{self, off},
     path::{self, Walk},
 };
@@ -53,13 +54,6 @@ pub fn sys_exit_execve(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_execveat(ctx: TracePointContext) -> u32 {
     exec_exit(&ctx);
     0
-}
-
-/// Syscall argument `i` of a `sys_enter_*` record.
-#[inline(always)]
-fn arg(ctx: &TracePointContext, i: u64) -> u64 {
-    // SAFETY: reads inside the tracepoint record; the helper validates the address.
-    unsafe { ctx.read_at::<u64>((off!(tp_enter_args) + 8 * i) as usize) }.unwrap_or(0)
 }
 
 #[inline(always)]

@@ -26,6 +26,7 @@ use aya_ebpf::{
 use crate::{
     emit::Record,
     filter,
+    kernel::syscall_arg as arg,
     kernel::{self, off},
     path::{self, Walk},
 };
@@ -42,12 +43,6 @@ pub(crate) static INFLIGHT: HashMap<u32, u32> = HashMap::with_max_entries(INFLIG
 /// two path walks over a tail call keeps each program well inside the verifier's budget.
 #[map(name = "FILE_PART2")]
 static FILE_PART2: ProgramArray = ProgramArray::with_max_entries(1, 0);
-
-#[inline(always)]
-fn arg(ctx: &TracePointContext, i: u64) -> u64 {
-    // SAFETY: reads inside the tracepoint record; the helper validates the address.
-    unsafe { ctx.read_at::<u64>((off!(tp_enter_args) + 8 * i) as usize) }.unwrap_or(0)
-}
 
 /// One name argument: the directory fd it is relative to, and the user pointer.
 #[derive(Clone, Copy)]

@@ -158,3 +158,10 @@ pub fn tty_name(task: u64, out: &mut [u8; auditor_common::limits::TTY_LEN]) {
         );
     }
 }
+
+/// Argument `i` of a `sys_enter_*` tracepoint record (offsets from BTF).
+#[inline(always)]
+pub fn syscall_arg(ctx: &aya_ebpf::programs::TracePointContext, i: u64) -> u64 {
+    // SAFETY: reads inside the tracepoint record; the helper validates the address.
+    unsafe { ctx.read_at::<u64>((off!(tp_enter_args) + 8 * i) as usize) }.unwrap_or(0)
+}

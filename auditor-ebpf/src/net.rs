@@ -12,23 +12,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::{
-    emit::Record,
-    file::INFLIGHT,
-    kernel::{self, off},
-};
+use crate::{emit::Record, file::INFLIGHT, kernel, kernel::syscall_arg as arg};
 
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// `sizeof(sockaddr_un.sun_path)`.
 const UNIX_PATH_MAX: u64 = 108;
-
-#[inline(always)]
-fn arg(ctx: &TracePointContext, i: u64) -> u64 {
-    // SAFETY: reads inside the tracepoint record; the helper validates the address.
-    unsafe { ctx.read_at::<u64>((off!(tp_enter_args) + 8 * i) as usize) }.unwrap_or(0)
-}
 
 /// Reads `len` (<= 16) bytes of user memory into `dst`; false on a fault.
 #[inline(always)]

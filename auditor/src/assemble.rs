@@ -30,11 +30,27 @@ pub struct Stamped {
     pub body: Body,
 }
 
+/// A syscall entry waiting for its exit. A thread is in one syscall at a time, so one
+/// table keyed by thread id holds all of them.
+enum Entry {
+    Exec(ExecRecord),
+    File(FileRecord),
+    Connect(ConnectRecord),
+}
+
+impl Entry {
+    fn header(&self) -> &Header {
+        match self {
+            Entry::Exec(e) => &e.header,
+            Entry::File(f) => &f.header,
+            Entry::Connect(c) => &c.header,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Assembler {
-    pending: HashMap<u32, ExecRecord>,
-    files: HashMap<u32, FileRecord>,
-    connects: HashMap<u32, ConnectRecord>,
+    pending: HashMap<u32, Entry>,
     watch: Option<WatchList>,
     /// File records the kernel passed up conservatively (a relative name from an
     /// ancestor of a watched tree) that turned out to lie outside every watched tree.
@@ -54,78 +70,89 @@ impl Assembler {
     }
 
     pub fn pending(&self) -> usize {
-        self.pending.len() + self.files.len() + self.connects.len()
+        self.pending.len()
     }
 
     pub fn push(&mut self, rec: Record, out: &mut Vec<Stamped>) {
         match rec {
-            Record::Exec(e) => {
-                if self.pending.len() >= MAX_PENDING {
-                    self.evict_oldest(out);
-                }
-                // A second entry on the same thread without an exit between: the first
-                // exit was lost; emit the first entry as is.
-                if let Some(prev) = self.pending.insert(e.header.tid, e) {
-                    out.push(exec_event(prev, None));
-                }
-            }
+            Record::Exec(e) => self.open(Entry::Exec(e), out),
+            Record::File(f) => self.open(Entry::File(f), out),
+            Record::Connect(c) => self.open(Entry::Connect(c), out),
             Record::ExecResult(r) => {
-                let entry = self.pending.remove(&r.header.tid).or_else(|| {
-                    // A non-leader thread that execs takes over the leader's tid: match on
-                    // the thread group instead.
-                    let tid = self
-                        .pending
-                        .iter()
-                        .filter(|(_, e)| e.header.pid == r.header.pid)
-                        .min_by_key(|(_, e)| e.header.boot_ns)
-                        .map(|(&tid, _)| tid)?;
-                    self.pending.remove(&tid)
-                });
+                let entry = match self.pending.remove(&r.header.tid) {
+                    Some(Entry::Exec(e)) => Some(e),
+                    other => {
+                        if let Some(o) = other {
+                            self.close(o, out);
+                        }
+                        self.exec_of_thread_group(r.header.pid)
+                    }
+                };
                 match entry {
                     Some(e) => out.push(exec_event(e, Some(r))),
                     None => out.push(orphan_result(r)),
                 }
             }
-            Record::File(f) => {
-                if self.files.len() >= MAX_PENDING {
-                    let oldest = self
-                        .files
-                        .iter()
-                        .min_by_key(|(_, e)| e.header.boot_ns)
-                        .map(|(&t, _)| t);
-                    if let Some(e) = oldest.and_then(|t| self.files.remove(&t)) {
-                        self.emit_file(e, None, out);
+            Record::SyscallResult(r) => {
+                let is_connect = r.op == file_op::CONNECT;
+                match self.pending.remove(&r.header.tid) {
+                    Some(Entry::Connect(c)) if is_connect => out.push(connect_event(c, Some(r))),
+                    Some(Entry::File(f)) if !is_connect => self.emit_file(f, Some(r), out),
+                    other => {
+                        if let Some(o) = other {
+                            self.close(o, out);
+                        }
+                        out.push(if is_connect {
+                            orphan_connect_result(&r)
+                        } else {
+                            orphan_file_result(&r)
+                        });
                     }
                 }
-                if let Some(prev) = self.files.insert(f.header.tid, f) {
-                    self.emit_file(prev, None, out);
-                }
             }
-            Record::Connect(c) => {
-                if self.connects.len() >= MAX_PENDING {
-                    let oldest = self
-                        .connects
-                        .iter()
-                        .min_by_key(|(_, e)| e.header.boot_ns)
-                        .map(|(&t, _)| t);
-                    if let Some(e) = oldest.and_then(|t| self.connects.remove(&t)) {
-                        out.push(connect_event(e, None));
-                    }
-                }
-                if let Some(prev) = self.connects.insert(c.header.tid, c) {
-                    out.push(connect_event(prev, None));
-                }
+        }
+    }
+
+    /// A non-leader thread that execs takes over the leader's tid: its exit is matched on
+    /// the thread group instead.
+    fn exec_of_thread_group(&mut self, pid: u32) -> Option<ExecRecord> {
+        let tid = self
+            .pending
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Exec(x) if x.header.pid == pid))
+            .min_by_key(|(_, e)| e.header().boot_ns)
+            .map(|(&tid, _)| tid)?;
+        match self.pending.remove(&tid) {
+            Some(Entry::Exec(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Records an entry. The table is bounded: when full, the oldest entry is emitted
+    /// without its result. A second entry on a thread whose exit never came emits the
+    /// first one as is.
+    fn open(&mut self, entry: Entry, out: &mut Vec<Stamped>) {
+        if self.pending.len() >= MAX_PENDING {
+            let oldest = self
+                .pending
+                .iter()
+                .min_by_key(|(_, e)| e.header().boot_ns)
+                .map(|(&t, _)| t);
+            if let Some(e) = oldest.and_then(|t| self.pending.remove(&t)) {
+                self.close(e, out);
             }
-            Record::SyscallResult(r) if r.op == file_op::CONNECT => {
-                match self.connects.remove(&r.header.tid) {
-                    Some(c) => out.push(connect_event(c, Some(r))),
-                    None => out.push(orphan_connect_result(&r)),
-                }
-            }
-            Record::SyscallResult(r) => match self.files.remove(&r.header.tid) {
-                Some(e) => self.emit_file(e, Some(r), out),
-                None => out.push(orphan_file_result(&r)),
-            },
+        }
+        if let Some(prev) = self.pending.insert(entry.header().tid, entry) {
+            self.close(prev, out);
+        }
+    }
+
+    /// Emits an entry whose exit will not come (`result_missing`).
+    fn close(&mut self, entry: Entry, out: &mut Vec<Stamped>) {
+        match entry {
+            Entry::Exec(e) => out.push(exec_event(e, None)),
+            Entry::File(f) => self.emit_file(f, None, out),
+            Entry::Connect(c) => out.push(connect_event(c, None)),
         }
     }
 
@@ -141,59 +168,22 @@ impl Assembler {
         let overdue: Vec<u32> = self
             .pending
             .iter()
-            .filter(|(_, e)| now_boot_ns.saturating_sub(e.header.boot_ns) > RESULT_TIMEOUT_NS)
+            .filter(|(_, e)| now_boot_ns.saturating_sub(e.header().boot_ns) > RESULT_TIMEOUT_NS)
             .map(|(&tid, _)| tid)
             .collect();
         for tid in overdue {
             if let Some(e) = self.pending.remove(&tid) {
-                out.push(exec_event(e, None));
-            }
-        }
-        let overdue: Vec<u32> = self
-            .files
-            .iter()
-            .filter(|(_, e)| now_boot_ns.saturating_sub(e.header.boot_ns) > RESULT_TIMEOUT_NS)
-            .map(|(&tid, _)| tid)
-            .collect();
-        for tid in overdue {
-            if let Some(e) = self.files.remove(&tid) {
-                self.emit_file(e, None, out);
-            }
-        }
-        let overdue: Vec<u32> = self
-            .connects
-            .iter()
-            .filter(|(_, e)| now_boot_ns.saturating_sub(e.header.boot_ns) > RESULT_TIMEOUT_NS)
-            .map(|(&tid, _)| tid)
-            .collect();
-        for tid in overdue {
-            if let Some(c) = self.connects.remove(&tid) {
-                out.push(connect_event(c, None));
+                self.close(e, out);
             }
         }
     }
 
-    /// Emits every pending entry (shutdown).
+    /// Emits every pending entry, oldest first (shutdown).
     pub fn drain(&mut self, out: &mut Vec<Stamped>) {
-        let mut all: Vec<ExecRecord> = self.pending.drain().map(|(_, e)| e).collect();
-        all.sort_by_key(|e| e.header.boot_ns);
-        out.extend(all.into_iter().map(|e| exec_event(e, None)));
-        let files: Vec<FileRecord> = self.files.drain().map(|(_, e)| e).collect();
-        for f in files {
-            self.emit_file(f, None, out);
-        }
-        let connects: Vec<ConnectRecord> = self.connects.drain().map(|(_, c)| c).collect();
-        out.extend(connects.into_iter().map(|c| connect_event(c, None)));
-    }
-
-    fn evict_oldest(&mut self, out: &mut Vec<Stamped>) {
-        let oldest = self
-            .pending
-            .iter()
-            .min_by_key(|(_, e)| e.header.boot_ns)
-            .map(|(&t, _)| t);
-        if let Some(e) = oldest.and_then(|t| self.pending.remove(&t)) {
-            out.push(exec_event(e, None));
+        let mut all: Vec<Entry> = self.pending.drain().map(|(_, e)| e).collect();
+        all.sort_by_key(|e| e.header().boot_ns);
+        for e in all {
+            self.close(e, out);
         }
     }
 }
@@ -291,11 +281,14 @@ fn exec_event(e: ExecRecord, r: Option<ExecResultRecord>) -> Stamped {
         filename: filename.clone(),
     };
     // Until the kernel tells us which file it mapped, the best we have is the argument.
-    ev.exe = match (&base, filename.starts_with('/')) {
-        (_, true) => Some(normalize(&filename)),
-        (Some(b), false) if !filename.is_empty() => Some(normalize(&format!("{b}/{filename}"))),
-        _ => None,
-    };
+    if !e.filename.is_empty() {
+        ev.exe = join_path(
+            &e.filename,
+            &e.cwd_blob,
+            f & flags::CWD_TRUNCATED != 0,
+            !cwd_ok,
+        );
+    }
     match r {
         Some(r) => apply_result(&mut ev, &r),
         None => ev.warnings.push("result_missing"),
@@ -530,13 +523,7 @@ fn file_event(
         warnings,
     };
     match r {
-        Some(r) => {
-            ev.ret = Some(r.ret);
-            ev.success = Some(r.ret >= 0);
-            if r.ret < 0 {
-                ev.errno = Some(errno_name(r.ret));
-            }
-        }
+        Some(r) => file_result(&mut ev, r.ret),
         None => ev.warnings.push("result_missing"),
     }
     let (action1, action2) = match e.op {
@@ -657,17 +644,24 @@ fn file_body(op: u32, ev: FileOp) -> Body {
     }
 }
 
+/// Sets a file op's outcome from the syscall's return value.
+fn file_result(ev: &mut FileOp, ret: i64) {
+    ev.ret = Some(ret);
+    ev.success = Some(ret >= 0);
+    if ret < 0 {
+        ev.errno = Some(errno_name(ret));
+    }
+}
+
 /// A file result whose entry was lost.
 fn orphan_file_result(r: &SyscallResultRecord) -> Stamped {
-    let ev = FileOp {
+    let mut ev = FileOp {
         process: orphan_process(&r.header),
         syscall: op_name(r.op),
-        ret: Some(r.ret),
-        success: Some(r.ret >= 0),
-        errno: (r.ret < 0).then(|| errno_name(r.ret)),
         warnings: vec!["entry_missing"],
         ..Default::default()
     };
+    file_result(&mut ev, r.ret);
     let body = file_body(r.op, ev);
     Stamped {
         boot_ns: r.header.boot_ns,

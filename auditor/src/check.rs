@@ -149,18 +149,7 @@ pub fn run(obj: Option<PathBuf>) -> Vec<Finding> {
         } else {
             // With the default watch list: the verifier treats the settings as constants,
             // so only a load with real prefixes checks what `watch` will load.
-            let trees: Vec<PathBuf> = crate::watchlist::DEFAULT_TREES
-                .iter()
-                .map(PathBuf::from)
-                .filter(|p| p.is_dir())
-                .collect();
-            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            let watch = crate::watchlist::WatchList::build(
-                &trees,
-                &crate::watchlist::home_dirs(),
-                &mountinfo,
-            )
-            .ok();
+            let watch = crate::watchlist::WatchList::for_trees(&[]).ok();
             let opts = LoadOptions {
                 object: obj,
                 watch,

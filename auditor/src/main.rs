@@ -72,19 +72,9 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(auditor::bpf::LoadError::NotRoot.into());
     }
-    let mut paths = watch_paths(&args.paths)?;
-    if paths.is_empty() {
-        paths = auditor::watchlist::DEFAULT_TREES
-            .iter()
-            .map(std::path::PathBuf::from)
-            .filter(|p| p.is_dir())
-            .collect();
-    }
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let watch =
-        auditor::watchlist::WatchList::build(&paths, &auditor::watchlist::home_dirs(), &mountinfo)?;
+    let watch = auditor::watchlist::WatchList::for_trees(&watch_paths(&args.paths)?)?;
     tracing::debug!(prefixes = ?watch.prefixes, inodes = watch.inodes.len(), "watch list");
+    let trees = watch.trees.clone();
     load.watch = Some(watch);
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if !args.quiet {
@@ -149,7 +139,7 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let shutdown = auditor::shutdown_signal();
         let ready = |n: usize| {
-            let watched: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            let watched: Vec<String> = trees.iter().map(|p| p.display().to_string()).collect();
             tracing::info!("watching: {n} tracepoints attached; exec capture is global; watch paths: {watched:?}");
         };
         watch::run(opts, sinks, ready, shutdown).await

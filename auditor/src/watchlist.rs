@@ -55,6 +55,8 @@ pub enum WatchError {
     TooManyPrefixes(usize),
     #[error("watch path {0} is longer than {max} bytes", max = limits::PREFIX_LEN_MAX - 1)]
     TooLong(String),
+    #[error("reading /proc/self/mountinfo (to find bind mounts of watched trees): {0}")]
+    Mountinfo(std::io::Error),
 }
 
 /// The kernel's `s_dev` encoding (MKDEV: major << 20 | minor) of a `stat` st_dev.
@@ -174,6 +176,25 @@ pub fn mount_aliases(dir: &str, mounts: &[Mount]) -> Vec<String> {
 }
 
 impl WatchList {
+    /// The watch list of this machine: `trees` (the default trees when empty), the
+    /// history files of every home directory, bind mounts from /proc/self/mountinfo.
+    pub fn for_trees(trees: &[PathBuf]) -> Result<Self, WatchError> {
+        let defaults: Vec<PathBuf>;
+        let trees = if trees.is_empty() {
+            defaults = DEFAULT_TREES
+                .iter()
+                .map(PathBuf::from)
+                .filter(|p| p.is_dir())
+                .collect();
+            &defaults
+        } else {
+            trees
+        };
+        let mountinfo =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(WatchError::Mountinfo)?;
+        Self::build(trees, &home_dirs(), &mountinfo)
+    }
+
     /// Builds the list from watched trees (already canonical) and the users' homes.
     pub fn build(
         trees: &[PathBuf],

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
-use crate::build::{self, unsafe_is_root};
+use crate::build::{self, is_root};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -52,7 +52,7 @@ enum Which {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if !unsafe_is_root() {
+    if !is_root() {
         bail!("benchmarks load eBPF programs and need root");
     }
     match args.which {

@@ -107,7 +107,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     );
     let mut cmd = Command::new(&bin);
     cmd.args(["watch", "--path", "/var/log"]).args(&args.extra);
-    if unsafe_is_root() {
+    if is_root() {
         status(&mut cmd)
     } else {
         status(
@@ -119,13 +119,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
 }
 
-pub fn unsafe_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|u| u.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }

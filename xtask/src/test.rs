@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use crate::{
-    build::{self, unsafe_is_root, workspace_root},
+    build::{self, is_root, workspace_root},
     setup,
 };
 
@@ -91,7 +91,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 .args(["test", "--workspace", "--no-fail-fast"])
                 .args(HOST_CRATES),
         )?;
-        if !unsafe_is_root() {
+        if !is_root() {
             bail!(
                 "the integration tests load eBPF programs and need root: run `sudo cargo xtask test`"
             );

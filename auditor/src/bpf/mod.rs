@@ -89,8 +89,10 @@ pub enum LoadError {
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no program `{0}` (object and daemon versions differ?)")]
     MissingProgram(&'static str),
-    #[error("cannot fill the watch map `{name}`: {source}")]
-    WatchMap {
+    #[error("the eBPF object has no map `{0}` (object and daemon versions differ?)")]
+    MissingMap(&'static str),
+    #[error("cannot set up map `{name}`: {source}")]
+    Map {
         name: &'static str,
         source: aya::maps::MapError,
     },
@@ -201,7 +203,7 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
 /// Loads the programs reached only by tail call and puts them in their slots, before
 /// anything is attached (so no rename can run before its second half exists).
 fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    const NAME: &str = "file_rename_part2";
+    const NAME: &str = names::RENAME_PART2_PROG;
     let program: &mut TracePoint = ebpf
         .program_mut(NAME)
         .ok_or(LoadError::MissingProgram(NAME))?
@@ -219,14 +221,13 @@ fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), LoadError> {
             source: aya::programs::ProgramError::IOError(e),
         })?;
     let map = ebpf
-        .map_mut("FILE_PART2")
-        .ok_or(LoadError::MissingProgram("FILE_PART2 map"))?;
-    let mut slots =
-        aya::maps::ProgramArray::try_from(map).map_err(|source| LoadError::WatchMap {
-            name: "FILE_PART2",
-            source,
-        })?;
-    slots.set(0, &fd, 0).map_err(|source| LoadError::WatchMap {
+        .map_mut(names::FILE_PART2)
+        .ok_or(LoadError::MissingMap(names::FILE_PART2))?;
+    let mut slots = aya::maps::ProgramArray::try_from(map).map_err(|source| LoadError::Map {
+        name: names::FILE_PART2,
+        source,
+    })?;
+    slots.set(0, &fd, 0).map_err(|source| LoadError::Map {
         name: "FILE_PART2",
         source,
     })?;
@@ -236,10 +237,10 @@ fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), LoadError> {
 /// Writes the watched prefixes and inodes into the kernel filter's maps.
 fn fill_watch_maps(ebpf: &mut Ebpf, watch: Option<&WatchList>) -> Result<(), LoadError> {
     let Some(watch) = watch else { return Ok(()) };
-    let err = |name| move |source| LoadError::WatchMap { name, source };
+    let err = |name| move |source| LoadError::Map { name, source };
     let map = ebpf
         .map_mut(names::WATCH_PREFIXES)
-        .ok_or(LoadError::MissingProgram("WATCH_PREFIXES map"))?;
+        .ok_or(LoadError::MissingMap(names::WATCH_PREFIXES))?;
     let mut prefixes: Array<_, auditor_common::WatchPrefix> =
         Array::try_from(map).map_err(err(names::WATCH_PREFIXES))?;
     for (i, p) in watch.kernel_prefixes().iter().enumerate() {
@@ -249,7 +250,7 @@ fn fill_watch_maps(ebpf: &mut Ebpf, watch: Option<&WatchList>) -> Result<(), Loa
     }
     let map = ebpf
         .map_mut(names::WATCH_INODES)
-        .ok_or(LoadError::MissingProgram("WATCH_INODES map"))?;
+        .ok_or(LoadError::MissingMap(names::WATCH_INODES))?;
     let mut inodes: HashMap<_, auditor_common::InodeKey, u8> =
         HashMap::try_from(map).map_err(err(names::WATCH_INODES))?;
     for (k, mode) in watch.kernel_inodes() {
