@@ -9,7 +9,7 @@
 use core::mem::{offset_of, size_of};
 
 /// Bumped whenever a wire struct changes; the daemon refuses records of another version.
-pub const ABI_VERSION: u16 = 1;
+pub const ABI_VERSION: u16 = 2;
 
 /// Event kinds. The numbers are part of the ABI: never reused, never renumbered.
 pub mod kind {
@@ -25,6 +25,13 @@ pub mod kind {
     pub const SYSCALL_RESULT: u16 = 4;
     /// `connect(2)` entry: socket address (IPv4, IPv6, unix path, or the raw family).
     pub const CONNECT: u16 = 5;
+    /// A syscall that touches the auditor or the kernel's own evidence (syslog clear,
+    /// ptrace attach, `bpf()` on objects by id, process_vm_writev, pidfd_getfd), entry.
+    pub const SYSCALL: u16 = 6;
+    /// A signal generated for one of the auditor's own threads (sender's context).
+    pub const SIGNAL: u16 = 7;
+    /// Completion of an io_uring request whose submission was emitted (paired on `req`).
+    pub const IOURING_RESULT: u16 = 8;
 }
 
 /// `FileEvent::op` values: which syscall.
@@ -43,8 +50,46 @@ pub mod file_op {
     pub const CREAT: u32 = 12;
     /// `fallocate` with PUNCH_HOLE, COLLAPSE_RANGE or ZERO_RANGE (erasing part of a file).
     pub const FALLOCATE: u32 = 13;
+    /// Hard links: name1 is the existing file, name2 the new name.
+    pub const LINK: u32 = 14;
+    pub const LINKAT: u32 = 15;
+    /// Symbolic links: name1 is the link's content (never resolved), name2 the new name.
+    pub const SYMLINK: u32 = 16;
+    pub const SYMLINKAT: u32 = 17;
     /// Not a file op: the `op` of a connect's `SYSCALL_RESULT`.
     pub const CONNECT: u32 = 100;
+    /// `SYSCALL_RESULT::op` of a `kind::SYSCALL` entry: `SYSCALL_BASE + sys_op`.
+    pub const SYSCALL_BASE: u32 = 200;
+}
+
+/// `SyscallEvent::nr`: which watched syscall (not the architecture's syscall number).
+pub mod sys_op {
+    /// `syslog(2)` with a clearing action (READ_CLEAR or CLEAR). args: type, len.
+    pub const SYSLOG: u32 = 1;
+    /// `ptrace(2)` ATTACH or SEIZE. args: request, target pid.
+    pub const PTRACE: u32 = 2;
+    /// `bpf(2)` getting an fd by id, or detaching, by another process. args: cmd, the
+    /// first u32 of the attribute (the id, or the fd for detach).
+    pub const BPF: u32 = 3;
+    /// `process_vm_writev(2)`: writing another process's memory. args: target pid.
+    pub const PROCESS_VM_WRITEV: u32 = 4;
+    /// `pidfd_getfd(2)`: taking a copy of another process's file descriptor. args: pidfd,
+    /// target fd.
+    pub const PIDFD_GETFD: u32 = 5;
+}
+
+/// io_uring opcodes (`IORING_OP_*`, uapi, stable) the programs record.
+pub mod iouring_op {
+    pub const CONNECT: u8 = 16;
+    pub const FALLOCATE: u8 = 17;
+    pub const OPENAT: u8 = 18;
+    pub const OPENAT2: u8 = 28;
+    pub const RENAMEAT: u8 = 35;
+    pub const UNLINKAT: u8 = 36;
+    pub const SYMLINKAT: u8 = 38;
+    pub const LINKAT: u8 = 39;
+    /// Linux 6.9+.
+    pub const FTRUNCATE: u8 = 55;
 }
 
 /// `ExecEvent::syscall` values.
@@ -91,6 +136,11 @@ pub mod flags {
     pub const ADDR_FAULT: u32 = 1 << 20;
     /// Connect: the unix path was longer than the capture.
     pub const ADDR_TRUNCATED: u32 = 1 << 21;
+    /// File and connect events: submitted through io_uring (`ring`/`req` are set; the
+    /// outcome comes as an `IOURING_RESULT`).
+    pub const IO_URING: u32 = 1 << 22;
+    /// Signal: process-directed (kill, sigqueue) rather than thread-directed (tgkill).
+    pub const SIGNAL_GROUP: u32 = 1 << 23;
     /// File events: path 1 / 2 is inside a watched tree (why the record was emitted).
     pub const PATH1_WATCHED: u32 = 1 << 18;
     pub const PATH2_WATCHED: u32 = 1 << 19;
@@ -144,6 +194,8 @@ pub mod names {
     pub const WATCH_INODES: &str = "WATCH_INODES";
     pub const INFLIGHT: &str = "INFLIGHT";
     pub const FILE_PART2: &str = "FILE_PART2";
+    pub const WATCH_COUNT: &str = "WATCH_COUNT";
+    pub const IOURING_INFLIGHT: &str = "IOURING_INFLIGHT";
     /// The program in `FILE_PART2` slot 0.
     pub const RENAME_PART2_PROG: &str = "file_rename_part2";
     pub const SETTINGS: &str = "SETTINGS";
@@ -259,6 +311,13 @@ pub struct FileEvent {
     pub base2_len: u32,
     pub _pad: u32,
     pub comm: [u8; limits::COMM_LEN],
+    /// io_uring: the ring (`struct io_ring_ctx *`, an identity only) and the request
+    /// (pairs the entry with its `IOURING_RESULT`); 0 for a syscall.
+    pub ring: u64,
+    pub req: u64,
+    /// Kernel-internal: where the second name is read from (user memory for a syscall,
+    /// a kernel string for io_uring); zeroed before the record leaves the kernel.
+    pub name2_ptr: u64,
 }
 
 /// `kind::CONNECT`. Tail: the unix socket path (`path_len` bytes; an abstract name
@@ -282,6 +341,57 @@ pub struct ConnectEvent {
     /// IPv4 address in the first 4 bytes, or the IPv6 address.
     pub addr: [u8; 16],
     pub comm: [u8; limits::COMM_LEN],
+    /// io_uring ring and request (see `FileEvent::ring`); 0 for a syscall.
+    pub ring: u64,
+    pub req: u64,
+}
+
+/// `kind::SYSCALL`. No tail.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallEvent {
+    pub header: Header,
+    pub ppid: u32,
+    pub flags: u32,
+    pub creds: Creds,
+    pub cgroup_id: u64,
+    /// One of [`sys_op`].
+    pub nr: u32,
+    pub _pad: u32,
+    /// Arguments, as each [`sys_op`] documents.
+    pub args: [u64; 4],
+    pub comm: [u8; limits::COMM_LEN],
+}
+
+/// `kind::SIGNAL`: made in the sender's context. No tail.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalEvent {
+    pub header: Header,
+    pub ppid: u32,
+    pub flags: u32,
+    pub creds: Creds,
+    pub cgroup_id: u64,
+    pub sig: i32,
+    /// `si_code` (SI_USER for kill(2), SI_TKILL for tgkill, SI_KERNEL, ...).
+    pub code: i32,
+    /// The target thread and its thread group.
+    pub target_tid: u32,
+    pub target_pid: u32,
+    /// The kernel's verdict (TRACE_SIGNAL_DELIVERED, _IGNORED, _ALREADY_PENDING, ...).
+    pub result: i32,
+    pub _pad: u32,
+    pub comm: [u8; limits::COMM_LEN],
+}
+
+/// `kind::IOURING_RESULT`. No tail.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoUringResultEvent {
+    pub header: Header,
+    pub req: u64,
+    pub ret: i64,
+    pub ring: u64,
 }
 
 /// `kind::SYSCALL_RESULT`: the exit of a syscall whose entry record was emitted.
@@ -351,9 +461,9 @@ pub struct Settings {
     /// The daemon's own tgid: its execs are still recorded (nothing is exempt), this is
     /// reserved for the self-protection hooks.
     pub self_tgid: u32,
-    /// Number of valid `WATCH_PREFIXES` entries; 0 with `file_filter` set means no file
-    /// event is emitted for absolute names.
-    pub prefix_count: u32,
+    /// Unused (the number of watched prefixes lives in the `WATCH_COUNT` map, so that
+    /// the watch list can change while the programs run).
+    pub _reserved: u32,
     /// 1: file events only for watched trees; 0: every file event (debugging).
     pub file_filter: u32,
     pub _pad: u32,
@@ -364,7 +474,7 @@ impl Settings {
         argv_bytes: limits::ARGV_BYTES_DEFAULT,
         argv_args: limits::ARGV_ARGS_DEFAULT,
         self_tgid: 0,
-        prefix_count: 0,
+        _reserved: 0,
         file_filter: 1,
         _pad: 0,
     };
@@ -412,7 +522,9 @@ const _: () = {
     assert!(offset_of!(FileEvent, name1_len) == 100);
     assert!(offset_of!(FileEvent, base2_len) == 112);
     assert!(offset_of!(FileEvent, comm) == 120);
-    assert!(size_of::<FileEvent>() == 136);
+    assert!(offset_of!(FileEvent, ring) == 136);
+    assert!(offset_of!(FileEvent, req) == 144);
+    assert!(size_of::<FileEvent>() == 160);
     assert!(offset_of!(ConnectEvent, cgroup_id) == 64);
     assert!(offset_of!(ConnectEvent, fd) == 72);
     assert!(offset_of!(ConnectEvent, family) == 76);
@@ -421,7 +533,18 @@ const _: () = {
     assert!(offset_of!(ConnectEvent, path_len) == 84);
     assert!(offset_of!(ConnectEvent, addr) == 88);
     assert!(offset_of!(ConnectEvent, comm) == 104);
-    assert!(size_of::<ConnectEvent>() == 120);
+    assert!(offset_of!(ConnectEvent, ring) == 120);
+    assert!(size_of::<ConnectEvent>() == 136);
+    assert!(offset_of!(SyscallEvent, nr) == 72);
+    assert!(offset_of!(SyscallEvent, args) == 80);
+    assert!(offset_of!(SyscallEvent, comm) == 112);
+    assert!(size_of::<SyscallEvent>() == 128);
+    assert!(offset_of!(SignalEvent, sig) == 72);
+    assert!(offset_of!(SignalEvent, target_tid) == 80);
+    assert!(offset_of!(SignalEvent, result) == 88);
+    assert!(offset_of!(SignalEvent, comm) == 96);
+    assert!(size_of::<SignalEvent>() == 112);
+    assert!(size_of::<IoUringResultEvent>() == 56);
     assert!(offset_of!(SyscallResultEvent, ret) == 32);
     assert!(offset_of!(SyscallResultEvent, op) == 40);
     assert!(size_of::<SyscallResultEvent>() == 48);

@@ -1,6 +1,8 @@
 //! File operations that destroy or hide evidence: delete (unlink, unlinkat, rmdir),
 //! rename (rename, renameat, renameat2), truncate (truncate, ftruncate, and open, openat,
-//! openat2, creat with O_TRUNC).
+//! openat2, creat with O_TRUNC), fallocate erasing a range, and links (link, linkat,
+//! symlink, symlinkat) whose new name or target is watched. `iouring.rs` feeds the same
+//! entry point with the names an io_uring request carries.
 //!
 //! At entry the names are raw user arguments; the kernel-side part of each path is the
 //! directory a relative name resolves against (the cwd, or the dirfd's directory),
@@ -16,7 +18,7 @@ use auditor_common::{
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::bpf_probe_read_user_str,
+        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
     },
     macros::{map, tracepoint},
     maps::{HashMap, ProgramArray},
@@ -31,7 +33,7 @@ use crate::{
     path::{self, Walk},
 };
 
-const AT_FDCWD: i32 = -100;
+pub(crate) const AT_FDCWD: i32 = -100;
 const O_TRUNC: u64 = 0o1000;
 const O_CREAT_WRONLY_TRUNC: u32 = 0o1101;
 
@@ -44,17 +46,44 @@ pub(crate) static INFLIGHT: HashMap<u32, u32> = HashMap::with_max_entries(INFLIG
 #[map(name = "FILE_PART2")]
 static FILE_PART2: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// One name argument: the directory fd it is relative to, and the user pointer.
+/// One name argument: the directory fd it is relative to, and where the string is.
 #[derive(Clone, Copy)]
-struct Name {
-    dirfd: i32,
-    ptr: u64,
+pub(crate) struct Name {
+    pub dirfd: i32,
+    pub ptr: u64,
+    /// A kernel string (an io_uring request's `struct filename`), not user memory.
+    pub kernel: bool,
+    /// Never resolved against a directory: a symlink's content.
+    pub raw: bool,
 }
 
-const NONE: Name = Name {
-    dirfd: AT_FDCWD,
-    ptr: 0,
-};
+impl Name {
+    #[inline(always)]
+    pub(crate) const fn user(dirfd: i32, ptr: u64) -> Self {
+        Self {
+            dirfd,
+            ptr,
+            kernel: false,
+            raw: false,
+        }
+    }
+
+    #[inline(always)]
+    const fn cwd(ptr: u64) -> Self {
+        Self::user(AT_FDCWD, ptr)
+    }
+}
+
+pub(crate) const NONE: Name = Name::user(AT_FDCWD, 0);
+
+/// io_uring identity of an entry (zero for a syscall).
+#[derive(Clone, Copy)]
+pub(crate) struct Ring {
+    pub ring: u64,
+    pub req: u64,
+}
+
+const SYSCALL: Ring = Ring { ring: 0, req: 0 };
 
 macro_rules! enter {
     ($fn:ident, |$ctx:ident| $body:expr) => {
@@ -81,10 +110,7 @@ macro_rules! exit {
 enter!(sys_enter_unlink, |c| file_enter(
     &c,
     file_op::UNLINK,
-    Name {
-        dirfd: AT_FDCWD,
-        ptr: arg(&c, 0)
-    },
+    Name::cwd(arg(&c, 0)),
     NONE,
     0,
     0,
@@ -93,10 +119,7 @@ enter!(sys_enter_unlink, |c| file_enter(
 enter!(sys_enter_unlinkat, |c| file_enter(
     &c,
     file_op::UNLINKAT,
-    Name {
-        dirfd: arg(&c, 0) as i32,
-        ptr: arg(&c, 1)
-    },
+    Name::user(arg(&c, 0) as i32, arg(&c, 1)),
     NONE,
     arg(&c, 2) as u32,
     0,
@@ -105,10 +128,7 @@ enter!(sys_enter_unlinkat, |c| file_enter(
 enter!(sys_enter_rmdir, |c| file_enter(
     &c,
     file_op::RMDIR,
-    Name {
-        dirfd: AT_FDCWD,
-        ptr: arg(&c, 0)
-    },
+    Name::cwd(arg(&c, 0)),
     NONE,
     0,
     0,
@@ -117,14 +137,8 @@ enter!(sys_enter_rmdir, |c| file_enter(
 enter!(sys_enter_rename, |c| file_enter(
     &c,
     file_op::RENAME,
-    Name {
-        dirfd: AT_FDCWD,
-        ptr: arg(&c, 0)
-    },
-    Name {
-        dirfd: AT_FDCWD,
-        ptr: arg(&c, 1)
-    },
+    Name::cwd(arg(&c, 0)),
+    Name::cwd(arg(&c, 1)),
     0,
     0,
     -1
@@ -132,14 +146,8 @@ enter!(sys_enter_rename, |c| file_enter(
 enter!(sys_enter_renameat, |c| file_enter(
     &c,
     file_op::RENAMEAT,
-    Name {
-        dirfd: arg(&c, 0) as i32,
-        ptr: arg(&c, 1)
-    },
-    Name {
-        dirfd: arg(&c, 2) as i32,
-        ptr: arg(&c, 3)
-    },
+    Name::user(arg(&c, 0) as i32, arg(&c, 1)),
+    Name::user(arg(&c, 2) as i32, arg(&c, 3)),
     0,
     0,
     -1
@@ -147,14 +155,8 @@ enter!(sys_enter_renameat, |c| file_enter(
 enter!(sys_enter_renameat2, |c| file_enter(
     &c,
     file_op::RENAMEAT2,
-    Name {
-        dirfd: arg(&c, 0) as i32,
-        ptr: arg(&c, 1)
-    },
-    Name {
-        dirfd: arg(&c, 2) as i32,
-        ptr: arg(&c, 3)
-    },
+    Name::user(arg(&c, 0) as i32, arg(&c, 1)),
+    Name::user(arg(&c, 2) as i32, arg(&c, 3)),
     arg(&c, 4) as u32,
     0,
     -1
@@ -162,10 +164,7 @@ enter!(sys_enter_renameat2, |c| file_enter(
 enter!(sys_enter_truncate, |c| file_enter(
     &c,
     file_op::TRUNCATE,
-    Name {
-        dirfd: AT_FDCWD,
-        ptr: arg(&c, 0)
-    },
+    Name::cwd(arg(&c, 0)),
     NONE,
     0,
     arg(&c, 1),
@@ -183,10 +182,7 @@ enter!(sys_enter_ftruncate, |c| file_enter(
 enter!(sys_enter_creat, |c| file_enter(
     &c,
     file_op::CREAT,
-    Name {
-        dirfd: AT_FDCWD,
-        ptr: arg(&c, 0)
-    },
+    Name::cwd(arg(&c, 0)),
     NONE,
     O_CREAT_WRONLY_TRUNC,
     arg(&c, 1),
@@ -199,10 +195,7 @@ enter!(sys_enter_open, |c| {
         file_enter(
             &c,
             file_op::OPEN,
-            Name {
-                dirfd: AT_FDCWD,
-                ptr: arg(&c, 0),
-            },
+            Name::cwd(arg(&c, 0)),
             NONE,
             fl as u32,
             arg(&c, 2),
@@ -216,10 +209,7 @@ enter!(sys_enter_openat, |c| {
         file_enter(
             &c,
             file_op::OPENAT,
-            Name {
-                dirfd: arg(&c, 0) as i32,
-                ptr: arg(&c, 1),
-            },
+            Name::user(arg(&c, 0) as i32, arg(&c, 1)),
             NONE,
             fl as u32,
             arg(&c, 3),
@@ -236,10 +226,7 @@ enter!(sys_enter_openat2, |c| {
         file_enter(
             &c,
             file_op::OPENAT2,
-            Name {
-                dirfd: arg(&c, 0) as i32,
-                ptr: arg(&c, 1),
-            },
+            Name::user(arg(&c, 0) as i32, arg(&c, 1)),
             NONE,
             fl as u32,
             0,
@@ -264,7 +251,57 @@ enter!(sys_enter_fallocate, |c| {
     }
 });
 
+// Links. link(old, new): both names resolved. symlink(target, linkpath): the target is
+// the link's content, kept raw; emitted when the new name is watched, or the content is
+// an absolute name in a watched tree.
+enter!(sys_enter_link, |c| file_enter(
+    &c,
+    file_op::LINK,
+    Name::cwd(arg(&c, 0)),
+    Name::cwd(arg(&c, 1)),
+    0,
+    0,
+    -1
+));
+enter!(sys_enter_linkat, |c| file_enter(
+    &c,
+    file_op::LINKAT,
+    Name::user(arg(&c, 0) as i32, arg(&c, 1)),
+    Name::user(arg(&c, 2) as i32, arg(&c, 3)),
+    arg(&c, 4) as u32,
+    0,
+    -1
+));
+enter!(sys_enter_symlink, |c| file_enter(
+    &c,
+    file_op::SYMLINK,
+    Name {
+        raw: true,
+        ..Name::cwd(arg(&c, 0))
+    },
+    Name::cwd(arg(&c, 1)),
+    0,
+    0,
+    -1
+));
+enter!(sys_enter_symlinkat, |c| file_enter(
+    &c,
+    file_op::SYMLINKAT,
+    Name {
+        raw: true,
+        ..Name::cwd(arg(&c, 0))
+    },
+    Name::user(arg(&c, 1) as i32, arg(&c, 2)),
+    0,
+    0,
+    -1
+));
+
 exit!(
+    sys_exit_link,
+    sys_exit_linkat,
+    sys_exit_symlink,
+    sys_exit_symlinkat,
     sys_exit_fallocate,
     sys_exit_unlink,
     sys_exit_unlinkat,
@@ -308,14 +345,18 @@ fn path_arg(
     bits: &[u32; 5],
 ) -> (u32, u32, u32) {
     let mut fl = 0u32;
-    let settings = kernel::settings();
-    let filter_on = settings.file_filter != 0;
+    let filter_on = kernel::settings().file_filter != 0;
     let mut name_len = 0u64;
     if name.ptr != 0 {
         let at = rec.tail_len;
-        // SAFETY: the tail has TAIL_SLACK >= FILENAME_MAX bytes after any masked offset.
+        // SAFETY: the tail has TAIL_SLACK >= FILENAME_MAX bytes after any masked offset;
+        // both helpers validate the source address.
         let n = unsafe {
-            bpf_probe_read_user_str(rec.tail_end().cast(), FILENAME_MAX, name.ptr as *const _)
+            if name.kernel {
+                bpf_probe_read_kernel_str(rec.tail_end().cast(), FILENAME_MAX, name.ptr as *const _)
+            } else {
+                bpf_probe_read_user_str(rec.tail_end().cast(), FILENAME_MAX, name.ptr as *const _)
+            }
         };
         if n <= 0 {
             fl |= bits[1];
@@ -329,10 +370,14 @@ fn path_arg(
         // SAFETY: reading back a byte we just wrote.
         let absolute = name_len > 0 && unsafe { *rec.tail_at(at) } == b'/';
         if absolute {
-            if !filter_on || filter::prefix_match::<FileEvent>(at, name_len, settings.prefix_count)
-            {
+            if !filter_on || filter::prefix_match::<FileEvent>(at, name_len) {
                 fl |= bits[4];
             }
+            return (name_len as u32, 0, fl);
+        }
+        if name.raw {
+            // A symlink's relative content: meaningful only against the link's own
+            // directory, never the caller's cwd. Not a reason to emit.
             return (name_len as u32, 0, fl);
         }
     }
@@ -377,16 +422,34 @@ fn file_enter(
     arg: u64,
     fd: i32,
 ) {
+    file_entry(ctx, op, n1, n2, op_flags, arg, fd, SYSCALL);
+}
+
+/// Builds the record for one file operation: path 1 here, path 2 (if any) in
+/// `file_path2` after a tail call. Shared by the syscall hooks and io_uring.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn file_entry(
+    ctx: &TracePointContext,
+    op: u32,
+    n1: Name,
+    n2: Name,
+    op_flags: u32,
+    arg: u64,
+    fd: i32,
+    ring: Ring,
+) {
     let Some(mut rec) = Record::<FileEvent>::start(kind::FILE) else {
         return;
     };
     let task = kernel::current_task();
     let (name1_len, base1_len, f1) = path_arg(&mut rec, task, n1, fd, &PATH1);
     let ev = rec.fixed();
+    let ring_bit = if ring.req != 0 { flags::IO_URING } else { 0 };
     // SAFETY: `ev` points at this CPU's scratch buffer, sized and aligned for FileEvent.
     unsafe {
         (*ev).op = op;
-        (*ev).flags = f1;
+        (*ev).flags = f1 | ring_bit;
         (*ev).dirfd1 = n1.dirfd;
         (*ev).dirfd2 = n2.dirfd;
         (*ev).op_flags = op_flags;
@@ -396,6 +459,9 @@ fn file_enter(
         (*ev).base1_len = base1_len;
         (*ev).name2_len = 0;
         (*ev).base2_len = 0;
+        (*ev).ring = ring.ring;
+        (*ev).req = ring.req;
+        (*ev).name2_ptr = n2.ptr;
         // The tail length travels to the second program in the header's length field,
         // which `submit` overwrites.
         (*ev).header.len = rec.tail_len as u32;
@@ -410,29 +476,31 @@ fn file_enter(
     finish(rec, task);
 }
 
-/// Second half of a rename: resolves the destination into the record the first half
-/// left in the scratch buffer, then emits it.
+/// Second half of a two-name operation (rename, link, symlink): resolves the second
+/// name, which the first half left in the record, then emits it.
 #[tracepoint]
-pub fn file_rename_part2(ctx: TracePointContext) -> u32 {
+pub fn file_rename_part2(_ctx: TracePointContext) -> u32 {
     let Some(base) = crate::emit::scratch_base() else {
         return 0;
     };
     let ev = base.cast::<FileEvent>();
     // SAFETY: the first half wrote a FileEvent at the start of this CPU's buffer.
-    let (tail_len, op) = unsafe { ((*ev).header.len as u64, (*ev).op) };
+    let (tail_len, dirfd, ptr, io_uring) = unsafe {
+        (
+            (*ev).header.len as u64,
+            (*ev).dirfd2,
+            (*ev).name2_ptr,
+            (*ev).flags & flags::IO_URING != 0,
+        )
+    };
     let Some(mut rec) = Record::<FileEvent>::resume(tail_len) else {
         return 0;
     };
-    let n2 = if op == file_op::RENAME {
-        Name {
-            dirfd: AT_FDCWD,
-            ptr: arg(&ctx, 1),
-        }
-    } else {
-        Name {
-            dirfd: arg(&ctx, 2) as i32,
-            ptr: arg(&ctx, 3),
-        }
+    let n2 = Name {
+        dirfd,
+        ptr,
+        kernel: io_uring,
+        raw: false,
     };
     let task = kernel::current_task();
     let (name2_len, base2_len, f2) = path_arg(&mut rec, task, n2, -1, &PATH2);
@@ -446,7 +514,8 @@ pub fn file_rename_part2(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Emits the record if either path is watched, and remembers the thread for the exit.
+/// Emits the record if either path is watched, and remembers the thread (or the
+/// io_uring request) for the outcome.
 #[inline(always)]
 fn finish(mut rec: Record<FileEvent>, task: u64) {
     let ev = rec.fixed();
@@ -459,17 +528,23 @@ fn finish(mut rec: Record<FileEvent>, task: u64) {
         (*ev).creds = kernel::creds(task);
         (*ev).cgroup_id = bpf_get_current_cgroup_id();
         (*ev)._pad = 0;
+        (*ev).name2_ptr = 0;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: as above.
-    let op = unsafe { (*ev).op };
-    // A full table only costs the result record; the entry is still emitted.
-    let _ = INFLIGHT.insert(&tid, &op, 0);
+    let (op, req, ring) = unsafe { ((*ev).op, (*ev).req, (*ev).ring) };
+    if req != 0 {
+        crate::iouring::track(req, ring);
+    } else {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        // A full table only costs the result record; the entry is still emitted.
+        let _ = INFLIGHT.insert(&tid, &op, 0);
+    }
     rec.submit();
 }
 
-/// Emits the result of a syscall whose entry was emitted (file ops and connect).
+/// Emits the result of a syscall whose entry was emitted (file ops, connect, and the
+/// guard hooks).
 #[inline(always)]
 pub(crate) fn syscall_exit(ctx: &TracePointContext) {
     let tid = bpf_get_current_pid_tgid() as u32;

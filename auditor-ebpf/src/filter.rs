@@ -29,6 +29,11 @@ use crate::{
 #[map(name = "WATCH_PREFIXES")]
 static WATCH_PREFIXES: Array<WatchPrefix> = Array::with_max_entries(WATCH_PREFIXES_MAX, 0);
 
+/// Slot 0: how many `WATCH_PREFIXES` entries are valid. A map rather than a load-time
+/// constant, so that a reload can change the watch list while the programs run.
+#[map(name = "WATCH_COUNT")]
+static WATCH_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map(name = "WATCH_INODES")]
 static WATCH_INODES: HashMap<InodeKey, u8> = HashMap::with_max_entries(WATCH_INODES_MAX, 0);
 
@@ -66,7 +71,11 @@ struct PrefixCtx {
 /// True if the absolute name at tail offset `name_off` (`name_len` bytes) of a record of
 /// type `T` lies in a watched tree.
 #[inline(always)]
-pub fn prefix_match<T>(name_off: u64, name_len: u64, count: u32) -> bool {
+pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
+    let count = WATCH_COUNT.get(0).copied().unwrap_or(0);
+    if count == 0 {
+        return false;
+    }
     let mut slash = SlashCtx { name_off, last: 0 };
     // SAFETY: the callback only reads this CPU's scratch buffer and writes `slash`.
     unsafe {

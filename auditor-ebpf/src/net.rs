@@ -1,6 +1,7 @@
 //! Network connections: every `connect(2)` on the machine (not filtered), with the
 //! socket address read from the caller's memory at entry and the outcome at exit
-//! (paired through `INFLIGHT`, like the file hooks).
+//! (paired through `INFLIGHT`, like the file hooks). io_uring connects come through
+//! [`connect_entry`] too (`iouring.rs`).
 
 use auditor_common::{ConnectEvent, file_op, flags, kind};
 use aya_ebpf::{
@@ -12,7 +13,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::{emit::Record, file::INFLIGHT, kernel, kernel::syscall_arg as arg};
+use crate::{
+    emit::Record,
+    file::{INFLIGHT, Ring},
+    kernel,
+    kernel::syscall_arg as arg,
+};
 
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
@@ -29,16 +35,26 @@ fn user_bytes(dst: *mut u8, len: u32, src: u64) -> bool {
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    if !kernel::offsets_ready() {
-        return 0;
+    if kernel::offsets_ready() {
+        connect_entry(
+            arg(&ctx, 0) as i32,
+            arg(&ctx, 1),
+            arg(&ctx, 2) as u32,
+            Ring { ring: 0, req: 0 },
+        );
     }
+    0
+}
+
+/// Emits a connect attempt: socket `fd`, the sockaddr at user address `sa`.
+#[inline(always)]
+pub(crate) fn connect_entry(fd: i32, sa: u64, addrlen: u32, ring: Ring) {
     let Some(mut rec) = Record::<ConnectEvent>::start(kind::CONNECT) else {
-        return 0;
+        return;
     };
-    let (fd, sa, addrlen) = (arg(&ctx, 0) as i32, arg(&ctx, 1), arg(&ctx, 2) as u32);
     let task = kernel::current_task();
     let ev = rec.fixed();
-    let mut fl = 0u32;
+    let mut fl = if ring.req != 0 { flags::IO_URING } else { 0 };
     let mut family: u16 = 0;
     let mut port: u16 = 0;
     let mut addr = [0u8; 16];
@@ -84,11 +100,16 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         (*ev).path_len = path_len as u32;
         (*ev).addr = addr;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).ring = ring.ring;
+        (*ev).req = ring.req;
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = INFLIGHT.insert(&tid, &file_op::CONNECT, 0);
+    if ring.req != 0 {
+        crate::iouring::track(ring.req, ring.ring);
+    } else {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = INFLIGHT.insert(&tid, &file_op::CONNECT, 0);
+    }
     rec.submit();
-    0
 }
 
 /// Reads up to `UNIX_PATH_MAX` bytes into the record tail.

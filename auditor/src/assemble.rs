@@ -6,19 +6,24 @@
 //! emitted, with `ret: null` and the warning `result_missing`. An exit without an entry
 //! (e.g. the agent started mid-exec) is emitted with `entry_missing`. Nothing is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use auditor_common::{Header, ID_UNKNOWN, file_op, flags, syscall};
 
 use crate::{
-    classify::{self, FileAction},
+    classify::{self, FileAction, UserRules},
     decode::{
-        ConnectRecord, ExecRecord, ExecResultRecord, FileRecord, Record, SyscallResultRecord,
-        path_from_blob, split_argv,
+        ConnectRecord, ExecRecord, ExecResultRecord, FileRecord, IoUringResultRecord, Record,
+        SyscallRecord, SyscallResultRecord, path_from_blob, split_argv,
     },
-    event::{Body, Connect, Creds, Exec, FileOp, Process},
+    event::{Body, Connect, Creds, Exec, FileOp, IoUringRef, Process},
+    guard::{self, AgentSelf},
     watchlist::WatchList,
 };
+
+/// Symlinks remembered to recognise `ln -sf /dev/null FILE`, which creates the link
+/// under a temporary name and renames it over FILE.
+const RECENT_SYMLINKS: usize = 256;
 
 pub const MAX_PENDING: usize = 65_536;
 pub const RESULT_TIMEOUT_NS: u64 = 10_000_000_000;
@@ -36,6 +41,7 @@ enum Entry {
     Exec(ExecRecord),
     File(FileRecord),
     Connect(ConnectRecord),
+    Syscall(SyscallRecord),
 }
 
 impl Entry {
@@ -44,14 +50,28 @@ impl Entry {
             Entry::Exec(e) => &e.header,
             Entry::File(f) => &f.header,
             Entry::Connect(c) => &c.header,
+            Entry::Syscall(s) => &s.header,
         }
     }
 }
 
+/// A symlink seen (watched or not): who made it, where, pointing at what.
+struct RecentSymlink {
+    pid: u32,
+    path: String,
+    target: String,
+}
+
 #[derive(Default)]
 pub struct Assembler {
+    /// Syscall entries by thread id.
     pending: HashMap<u32, Entry>,
+    /// io_uring submissions by request, until their completion.
+    ring_pending: HashMap<u64, Entry>,
     watch: Option<WatchList>,
+    rules: UserRules,
+    agent: AgentSelf,
+    recent_symlinks: VecDeque<RecentSymlink>,
     /// File records the kernel passed up conservatively (a relative name from an
     /// ancestor of a watched tree) that turned out to lie outside every watched tree.
     pub out_of_scope: u64,
@@ -69,15 +89,38 @@ impl Assembler {
         }
     }
 
+    /// Swaps in a new watch list and rules (reload).
+    pub fn reconfigure(&mut self, watch: Option<WatchList>, rules: UserRules) {
+        self.watch = watch;
+        self.rules = rules;
+    }
+
+    pub fn set_rules(&mut self, rules: UserRules) {
+        self.rules = rules;
+    }
+
+    /// Who the agent is, for recognising actions against it.
+    pub fn set_agent(&mut self, agent: AgentSelf) {
+        self.agent = agent;
+    }
+
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.ring_pending.len()
     }
 
     pub fn push(&mut self, rec: Record, out: &mut Vec<Stamped>) {
         match rec {
             Record::Exec(e) => self.open(Entry::Exec(e), out),
+            Record::File(f) if f.req != 0 => self.open_ring(f.req, Entry::File(f), out),
+            Record::Connect(c) if c.req != 0 => self.open_ring(c.req, Entry::Connect(c), out),
             Record::File(f) => self.open(Entry::File(f), out),
             Record::Connect(c) => self.open(Entry::Connect(c), out),
+            Record::Syscall(c) => self.open(Entry::Syscall(c), out),
+            Record::Signal(sig) => out.push(guard::signal_event(sig, &self.agent)),
+            Record::IoUringResult(r) => match self.ring_pending.remove(&r.req) {
+                Some(e) => self.close_ring(e, &r, out),
+                None => out.push(orphan_ring_result(&r)),
+            },
             Record::ExecResult(r) => {
                 let entry = match self.pending.remove(&r.header.tid) {
                     Some(Entry::Exec(e)) => Some(e),
@@ -89,21 +132,31 @@ impl Assembler {
                     }
                 };
                 match entry {
-                    Some(e) => out.push(exec_event(e, Some(r))),
+                    Some(e) => out.push(exec_event(e, Some(r), &self.rules)),
                     None => out.push(orphan_result(r)),
                 }
             }
             Record::SyscallResult(r) => {
                 let is_connect = r.op == file_op::CONNECT;
+                let is_guard = r.op >= file_op::SYSCALL_BASE;
                 match self.pending.remove(&r.header.tid) {
-                    Some(Entry::Connect(c)) if is_connect => out.push(connect_event(c, Some(r))),
-                    Some(Entry::File(f)) if !is_connect => self.emit_file(f, Some(r), out),
+                    Some(Entry::Connect(c)) if is_connect => {
+                        out.push(connect_event(c, Some(r.ret)));
+                    }
+                    Some(Entry::Syscall(c)) if is_guard => {
+                        out.push(guard::syscall_event(c, Some(r.ret), &self.agent));
+                    }
+                    Some(Entry::File(f)) if !is_connect && !is_guard => {
+                        self.emit_file(f, Some(r.ret), out);
+                    }
                     other => {
                         if let Some(o) = other {
                             self.close(o, out);
                         }
                         out.push(if is_connect {
                             orphan_connect_result(&r)
+                        } else if is_guard {
+                            guard::orphan_result(&r)
                         } else {
                             orphan_file_result(&r)
                         });
@@ -147,17 +200,56 @@ impl Assembler {
         }
     }
 
-    /// Emits an entry whose exit will not come (`result_missing`).
-    fn close(&mut self, entry: Entry, out: &mut Vec<Stamped>) {
-        match entry {
-            Entry::Exec(e) => out.push(exec_event(e, None)),
-            Entry::File(f) => self.emit_file(f, None, out),
-            Entry::Connect(c) => out.push(connect_event(c, None)),
+    /// Records an io_uring submission until its completion (bounded like `open`).
+    fn open_ring(&mut self, req: u64, entry: Entry, out: &mut Vec<Stamped>) {
+        if self.ring_pending.len() >= MAX_PENDING {
+            let oldest = self
+                .ring_pending
+                .iter()
+                .min_by_key(|(_, e)| e.header().boot_ns)
+                .map(|(&r, _)| r);
+            if let Some(e) = oldest.and_then(|r| self.ring_pending.remove(&r)) {
+                self.close(e, out);
+            }
+        }
+        if let Some(prev) = self.ring_pending.insert(req, entry) {
+            self.close(prev, out);
         }
     }
 
-    fn emit_file(&mut self, e: FileRecord, r: Option<SyscallResultRecord>, out: &mut Vec<Stamped>) {
-        match file_event(e, r, self.watch.as_ref()) {
+    fn close_ring(&mut self, entry: Entry, r: &IoUringResultRecord, out: &mut Vec<Stamped>) {
+        match entry {
+            Entry::File(f) => self.emit_file(f, Some(r.ret), out),
+            Entry::Connect(c) => out.push(connect_event(c, Some(r.ret))),
+            other => self.close(other, out),
+        }
+    }
+
+    /// Emits an entry whose exit will not come (`result_missing`).
+    fn close(&mut self, entry: Entry, out: &mut Vec<Stamped>) {
+        match entry {
+            Entry::Exec(e) => out.push(exec_event(e, None, &self.rules)),
+            Entry::File(f) => self.emit_file(f, None, out),
+            Entry::Connect(c) => out.push(connect_event(c, None)),
+            Entry::Syscall(c) => out.push(guard::syscall_event(c, None, &self.agent)),
+        }
+    }
+
+    fn emit_file(&mut self, e: FileRecord, ret: Option<i64>, out: &mut Vec<Stamped>) {
+        let built = file_event(
+            e,
+            ret,
+            self.watch.as_ref(),
+            &self.rules,
+            &self.recent_symlinks,
+        );
+        if let Some(link) = built.symlink {
+            if self.recent_symlinks.len() >= RECENT_SYMLINKS {
+                self.recent_symlinks.pop_front();
+            }
+            self.recent_symlinks.push_back(link);
+        }
+        match built.event {
             Some(s) => out.push(s),
             None => self.out_of_scope += 1,
         }
@@ -165,14 +257,26 @@ impl Assembler {
 
     /// Emits entries whose exit is overdue.
     pub fn expire(&mut self, now_boot_ns: u64, out: &mut Vec<Stamped>) {
+        let late = |e: &Entry| now_boot_ns.saturating_sub(e.header().boot_ns) > RESULT_TIMEOUT_NS;
         let overdue: Vec<u32> = self
             .pending
             .iter()
-            .filter(|(_, e)| now_boot_ns.saturating_sub(e.header().boot_ns) > RESULT_TIMEOUT_NS)
+            .filter(|(_, e)| late(e))
             .map(|(&tid, _)| tid)
             .collect();
         for tid in overdue {
             if let Some(e) = self.pending.remove(&tid) {
+                self.close(e, out);
+            }
+        }
+        let overdue: Vec<u64> = self
+            .ring_pending
+            .iter()
+            .filter(|(_, e)| late(e))
+            .map(|(&req, _)| req)
+            .collect();
+        for req in overdue {
+            if let Some(e) = self.ring_pending.remove(&req) {
                 self.close(e, out);
             }
         }
@@ -181,6 +285,7 @@ impl Assembler {
     /// Emits every pending entry, oldest first (shutdown).
     pub fn drain(&mut self, out: &mut Vec<Stamped>) {
         let mut all: Vec<Entry> = self.pending.drain().map(|(_, e)| e).collect();
+        all.extend(self.ring_pending.drain().map(|(_, e)| e));
         all.sort_by_key(|e| e.header().boot_ns);
         for e in all {
             self.close(e, out);
@@ -188,12 +293,12 @@ impl Assembler {
     }
 }
 
-fn id(v: u32) -> Option<u32> {
+pub(crate) fn id(v: u32) -> Option<u32> {
     (v != ID_UNKNOWN).then_some(v)
 }
 
 /// Who did it, from a record's header and task fields.
-fn process(
+pub(crate) fn process(
     h: &Header,
     ppid: u32,
     c: &auditor_common::Creds,
@@ -216,7 +321,7 @@ fn process(
 }
 
 /// For an exit whose entry was lost: only the header is known.
-fn orphan_process(h: &Header) -> Process {
+pub(crate) fn orphan_process(h: &Header) -> Process {
     Process {
         pid: h.pid,
         tid: h.tid,
@@ -224,12 +329,12 @@ fn orphan_process(h: &Header) -> Process {
     }
 }
 
-fn lossy(b: &[u8]) -> String {
+pub(crate) fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 /// Joins an exec entry and (if it arrived) its exit.
-fn exec_event(e: ExecRecord, r: Option<ExecResultRecord>) -> Stamped {
+fn exec_event(e: ExecRecord, r: Option<ExecResultRecord>, rules: &UserRules) -> Stamped {
     let mut warnings = Vec::new();
     let f = e.flags;
     for (bit, word) in [
@@ -293,6 +398,7 @@ fn exec_event(e: ExecRecord, r: Option<ExecResultRecord>) -> Stamped {
         Some(r) => apply_result(&mut ev, &r),
         None => ev.warnings.push("result_missing"),
     }
+    ev.tamper = classify::exec(rules, &ev);
     Stamped {
         boot_ns: e.header.boot_ns,
         body: Body::Exec(Box::new(ev)),
@@ -362,6 +468,10 @@ fn op_name(op: u32) -> &'static str {
         file_op::OPENAT2 => "openat2",
         file_op::CREAT => "creat",
         file_op::FALLOCATE => "fallocate",
+        file_op::LINK => "link",
+        file_op::LINKAT => "linkat",
+        file_op::SYMLINK => "symlink",
+        file_op::SYMLINKAT => "symlinkat",
         _ => "unknown",
     }
 }
@@ -397,6 +507,7 @@ fn op_flag_words(op: u32, fl: u32) -> Vec<&'static str> {
     let mut w = Vec::new();
     match op {
         file_op::UNLINKAT if fl & 0x200 != 0 => w.push("AT_REMOVEDIR"),
+        file_op::LINKAT if fl & 0x400 != 0 => w.push("AT_SYMLINK_FOLLOW"),
         file_op::RENAMEAT2 => {
             for (bit, name) in [
                 (1, "RENAME_NOREPLACE"),
@@ -437,13 +548,37 @@ fn op_flag_words(op: u32, fl: u32) -> Vec<&'static str> {
     w
 }
 
-/// Builds a file event, or `None` when neither path is in a watched tree (the kernel
-/// passes relative names from ancestors of watched trees up for this exact check).
+/// What `file_event` produced: the event (or `None`: outside every watched tree), and a
+/// symlink to remember.
+struct BuiltFile {
+    event: Option<Stamped>,
+    symlink: Option<RecentSymlink>,
+}
+
+/// An opaque, stable id for a kernel address (not the address itself).
+fn kernel_ref(addr: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(addr.to_ne_bytes());
+    hex::encode(&d[..6])
+}
+
+fn ring_ref(ring: u64, req: u64) -> Option<IoUringRef> {
+    (req != 0).then(|| IoUringRef {
+        ring: kernel_ref(ring),
+        request: kernel_ref(req),
+    })
+}
+
+/// Builds a file event (`event: None` when neither path is in a watched tree: the
+/// kernel passes relative names from ancestors of watched trees up for this exact
+/// check).
 fn file_event(
     e: FileRecord,
-    r: Option<SyscallResultRecord>,
+    ret: Option<i64>,
     watch: Option<&WatchList>,
-) -> Option<Stamped> {
+    rules: &UserRules,
+    recent: &VecDeque<RecentSymlink>,
+) -> BuiltFile {
     let f = e.flags;
     let mut warnings = Vec::new();
     for (bit, word) in [
@@ -464,14 +599,22 @@ fn file_event(
         e.op,
         file_op::RENAME | file_op::RENAMEAT | file_op::RENAMEAT2
     );
+    let is_symlink = matches!(e.op, file_op::SYMLINK | file_op::SYMLINKAT);
+    let is_link = is_symlink || matches!(e.op, file_op::LINK | file_op::LINKAT);
+    let two_names = is_rename || is_link;
     let raw1 = lossy(&e.name1);
-    let path1 = join_path(
-        &e.name1,
-        &e.base1_blob,
-        f & flags::BASE1_TRUNCATED != 0,
-        f & flags::BASE1_FAULT != 0,
-    );
-    let path2 = is_rename
+    // A symlink's content is not a path of the caller: it stays as given.
+    let path1 = if is_symlink {
+        Some(raw1.clone())
+    } else {
+        join_path(
+            &e.name1,
+            &e.base1_blob,
+            f & flags::BASE1_TRUNCATED != 0,
+            f & flags::BASE1_FAULT != 0,
+        )
+    };
+    let path2 = two_names
         .then(|| {
             join_path(
                 &e.name2,
@@ -482,22 +625,63 @@ fn file_event(
         })
         .flatten();
     let scope = |p: &Option<String>| match (watch, p) {
-        (Some(w), Some(p)) => w.classify(p),
+        (Some(w), Some(p)) if p.starts_with('/') => w.classify(p),
         _ => None,
     };
     let (s1, s2) = (scope(&path1), scope(&path2));
+    let succeeded = ret.is_some_and(|r| r >= 0);
+    // Every successful symlink that reached us is remembered, watched or not: `ln -sf`
+    // makes its link under a temporary name, then renames it over the target.
+    let symlink = (is_symlink && succeeded)
+        .then(|| {
+            path2.as_ref().map(|p| RecentSymlink {
+                pid: e.header.pid,
+                path: p.clone(),
+                target: raw1.clone(),
+            })
+        })
+        .flatten();
     // An unresolved path the kernel flagged stays: better an extra event than a miss.
-    let unresolved = path1.is_none() || (is_rename && path2.is_none());
+    let unresolved = path1.is_none() || (two_names && path2.is_none());
     if watch.is_some() && s1.is_none() && s2.is_none() && !unresolved {
-        return None;
+        return BuiltFile {
+            event: None,
+            symlink,
+        };
     }
+    let syscall = if e.req != 0 {
+        format!("io_uring:{}", op_name(e.op))
+    } else {
+        op_name(e.op).to_string()
+    };
+    let (path, raw_path, new_path, raw_new_path, target) = if is_link {
+        // A link event's path is the name created; target what it points at.
+        (
+            path2.clone().unwrap_or_else(|| lossy(&e.name2)),
+            lossy(&e.name2),
+            None,
+            None,
+            Some(path1.clone().unwrap_or_else(|| raw1.clone())),
+        )
+    } else {
+        (
+            path1.clone().unwrap_or_else(|| raw1.clone()),
+            raw1.clone(),
+            is_rename.then(|| path2.clone().unwrap_or_else(|| lossy(&e.name2))),
+            is_rename.then(|| lossy(&e.name2)),
+            None,
+        )
+    };
     let mut ev = FileOp {
         process: process(&e.header, e.ppid, &e.creds, &e.comm, e.cgroup_id),
-        syscall: op_name(e.op),
-        path: path1.clone().unwrap_or_else(|| raw1.clone()),
-        raw_path: raw1,
-        new_path: is_rename.then(|| path2.clone().unwrap_or_else(|| lossy(&e.name2))),
-        raw_new_path: is_rename.then(|| lossy(&e.name2)),
+        syscall,
+        path,
+        raw_path,
+        new_path,
+        raw_new_path,
+        target,
+        symbolic: is_link.then_some(is_symlink),
+        io_uring: ring_ref(e.ring, e.req),
         dirfd: (matches!(
             e.op,
             file_op::UNLINKAT
@@ -505,9 +689,13 @@ fn file_event(
                 | file_op::RENAMEAT2
                 | file_op::OPENAT
                 | file_op::OPENAT2
+                | file_op::LINKAT
         ) && e.dirfd1 != AT_FDCWD)
             .then_some(e.dirfd1),
-        new_dirfd: (matches!(e.op, file_op::RENAMEAT | file_op::RENAMEAT2) && e.dirfd2 != AT_FDCWD)
+        new_dirfd: (matches!(
+            e.op,
+            file_op::RENAMEAT | file_op::RENAMEAT2 | file_op::LINKAT | file_op::SYMLINKAT
+        ) && e.dirfd2 != AT_FDCWD)
             .then_some(e.dirfd2),
         fd: matches!(e.op, file_op::FTRUNCATE | file_op::FALLOCATE).then_some(e.fd),
         length: matches!(
@@ -522,8 +710,8 @@ fn file_event(
         tamper: None,
         warnings,
     };
-    match r {
-        Some(r) => file_result(&mut ev, r.ret),
+    match ret {
+        Some(r) => file_result(&mut ev, r),
         None => ev.warnings.push("result_missing"),
     }
     let (action1, action2) = match e.op {
@@ -531,26 +719,62 @@ fn file_event(
         file_op::RENAME | file_op::RENAMEAT | file_op::RENAMEAT2 => {
             // RENAME_EXCHANGE swaps: both sides are replaced.
             let exchange = e.op == file_op::RENAMEAT2 && e.op_flags & 2 != 0;
-            match (s1, s2) {
-                (Some(_), None) => (Some(FileAction::RenameAway), None),
-                (None, Some(_)) => (None, Some(FileAction::RenameOnto)),
-                (Some(_), Some(_)) if exchange => (None, Some(FileAction::RenameOnto)),
-                _ => (None, None), // within the tree (e.g. rotation): recorded, not tamper
+            // A symlink this process just made, renamed over the watched name.
+            let from_symlink = path1.as_ref().and_then(|p| {
+                recent
+                    .iter()
+                    .rev()
+                    .find(|l| l.pid == e.header.pid && l.path == *p)
+            });
+            if let Some(l) = from_symlink
+                && s2.is_some()
+            {
+                ev.target = Some(l.target.clone());
+                (None, Some(link_action(&l.target)))
+            } else {
+                match (s1, s2) {
+                    (Some(_), None) => (Some(FileAction::RenameAway), None),
+                    (None, Some(_)) => (None, Some(FileAction::RenameOnto)),
+                    (Some(_), Some(_)) if exchange => (None, Some(FileAction::RenameOnto)),
+                    _ => (None, None), // within the tree (e.g. rotation): recorded, not tamper
+                }
             }
         }
+        // A symlink at a watched name hides the log behind it.
+        file_op::SYMLINK | file_op::SYMLINKAT => (None, Some(link_action(&raw1))),
+        // A hard link adds a name; it destroys nothing (an unlink that follows does).
+        file_op::LINK | file_op::LINKAT => (None, None),
         file_op::FALLOCATE => (Some(FileAction::Punch), None),
         _ => (Some(FileAction::Truncate), None),
     };
     ev.tamper = match (action1, s1, action2, s2) {
-        (Some(a), Some(s), _, _) => classify::file(a, s, &ev),
-        (_, _, Some(a), Some(s)) => classify::file(a, s, &ev),
+        (Some(a), Some(s), _, _) => classify::file(rules, a, s, &ev),
+        (_, _, Some(a), Some(s)) => {
+            // The event's path is the name the action hit.
+            let mut shown = ev.clone();
+            if let Some(p) = &path2 {
+                shown.path = p.clone();
+            }
+            classify::file(rules, a, s, &shown)
+        }
         _ => None,
     };
     let body = file_body(e.op, ev);
-    Some(Stamped {
-        boot_ns: e.header.boot_ns,
-        body,
-    })
+    BuiltFile {
+        event: Some(Stamped {
+            boot_ns: e.header.boot_ns,
+            body,
+        }),
+        symlink,
+    }
+}
+
+fn link_action(target: &str) -> FileAction {
+    if classify::is_sink_device(target) {
+        FileAction::LinkToNull
+    } else {
+        FileAction::Symlink
+    }
 }
 
 fn family_name(f: u16) -> String {
@@ -578,11 +802,12 @@ fn connect_outcome(ev: &mut Connect, ret: i64) {
     }
 }
 
-fn connect_event(c: ConnectRecord, r: Option<SyscallResultRecord>) -> Stamped {
+fn connect_event(c: ConnectRecord, ret: Option<i64>) -> Stamped {
     let mut ev = Connect {
         process: process(&c.header, c.ppid, &c.creds, &c.comm, c.cgroup_id),
         fd: c.fd,
         family: family_name(c.family),
+        io_uring: ring_ref(c.ring, c.req),
         ..Default::default()
     };
     if c.flags & flags::ADDR_FAULT != 0 {
@@ -612,8 +837,8 @@ fn connect_event(c: ConnectRecord, r: Option<SyscallResultRecord>) -> Stamped {
     if c.flags & flags::ADDR_TRUNCATED != 0 {
         ev.warnings.push("address_truncated");
     }
-    match r {
-        Some(r) => connect_outcome(&mut ev, r.ret),
+    match ret {
+        Some(r) => connect_outcome(&mut ev, r),
         None => ev.warnings.push("result_missing"),
     }
     Stamped {
@@ -640,6 +865,9 @@ fn file_body(op: u32, ev: FileOp) -> Body {
     match op {
         file_op::UNLINK | file_op::UNLINKAT | file_op::RMDIR => Body::Delete(Box::new(ev)),
         file_op::RENAME | file_op::RENAMEAT | file_op::RENAMEAT2 => Body::Rename(Box::new(ev)),
+        file_op::LINK | file_op::LINKAT | file_op::SYMLINK | file_op::SYMLINKAT => {
+            Body::Link(Box::new(ev))
+        }
         _ => Body::Truncate(Box::new(ev)),
     }
 }
@@ -657,7 +885,7 @@ fn file_result(ev: &mut FileOp, ret: i64) {
 fn orphan_file_result(r: &SyscallResultRecord) -> Stamped {
     let mut ev = FileOp {
         process: orphan_process(&r.header),
-        syscall: op_name(r.op),
+        syscall: op_name(r.op).to_string(),
         warnings: vec!["entry_missing"],
         ..Default::default()
     };
@@ -666,6 +894,22 @@ fn orphan_file_result(r: &SyscallResultRecord) -> Stamped {
     Stamped {
         boot_ns: r.header.boot_ns,
         body,
+    }
+}
+
+/// An io_uring completion whose submission was not seen (or already emitted).
+fn orphan_ring_result(r: &IoUringResultRecord) -> Stamped {
+    let mut ev = FileOp {
+        process: orphan_process(&r.header),
+        syscall: "io_uring".into(),
+        io_uring: ring_ref(r.ring, r.req),
+        warnings: vec!["entry_missing"],
+        ..Default::default()
+    };
+    file_result(&mut ev, r.ret);
+    Stamped {
+        boot_ns: r.header.boot_ns,
+        body: Body::Truncate(Box::new(ev)),
     }
 }
 

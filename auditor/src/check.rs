@@ -156,14 +156,23 @@ pub fn run(obj: Option<PathBuf>) -> Vec<Finding> {
                 ..LoadOptions::default()
             };
             match bpf::load_and_attach(&opts) {
-                Ok(_ebpf) => out.push(f(
-                    "eBPF programs",
-                    Status::Ok,
-                    format!(
-                        "loaded, verified and attached all {} tracepoints (then detached)",
-                        bpf::TRACEPOINTS.len()
-                    ),
-                )),
+                Ok(loaded) => {
+                    out.push(f(
+                        "eBPF programs",
+                        Status::Ok,
+                        format!(
+                            "loaded, verified and attached {} hooks (then detached)",
+                            loaded.attached
+                        ),
+                    ));
+                    for (hook, why) in &loaded.unattached {
+                        out.push(f(
+                            "optional hook",
+                            Status::Warn,
+                            format!("{hook} not attached: {why}"),
+                        ));
+                    }
+                }
                 Err(e) => out.push(f("eBPF programs", Status::Fail, e.to_string())),
             }
         }

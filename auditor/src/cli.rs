@@ -164,6 +164,10 @@ pub struct WatchArgs {
     /// Directory tree to watch for log tampering (repeatable). Exec events are global.
     #[arg(long = "path", value_name = "DIR")]
     pub paths: Vec<PathBuf>,
+    /// Tamper rules file (TOML, repeatable), checked before the built-in rules; see
+    /// docs/EVENTS.md. Re-read on SIGHUP.
+    #[arg(long = "rules", value_name = "FILE")]
+    pub rules: Vec<PathBuf>,
     /// Output format on stdout [default: pretty on a terminal, json otherwise].
     #[arg(long, value_enum)]
     pub format: Option<Format>,

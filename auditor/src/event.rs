@@ -26,10 +26,24 @@ pub enum Body {
     Delete(Box<FileOp>),
     Rename(Box<FileOp>),
     Truncate(Box<FileOp>),
+    /// link, linkat, symlink, symlinkat.
+    Link(Box<FileOp>),
     Connect(Box<Connect>),
+    /// syslog(2) clearing the kernel ring.
+    Syslog(Box<Guarded>),
+    /// ptrace ATTACH/SEIZE.
+    Ptrace(Box<Guarded>),
+    /// bpf(2) opening BPF objects by id or detaching, by another process.
+    Bpf(Box<Guarded>),
+    ProcessVmWritev(Box<Guarded>),
+    PidfdGetfd(Box<Guarded>),
+    /// A signal sent to the auditor.
+    Signal(Box<Signal>),
     Loss(Loss),
     DecodeError(DecodeErrorEvent),
     AgentStart(AgentStart),
+    AgentReload(AgentReload),
+    AgentStopping(AgentStopping),
 }
 
 impl Body {
@@ -39,10 +53,36 @@ impl Body {
             Body::Delete(_) => "delete",
             Body::Rename(_) => "rename",
             Body::Truncate(_) => "truncate",
+            Body::Link(_) => "link",
             Body::Connect(_) => "connect",
+            Body::Syslog(_) => "syslog",
+            Body::Ptrace(_) => "ptrace",
+            Body::Bpf(_) => "bpf",
+            Body::ProcessVmWritev(_) => "process_vm_writev",
+            Body::PidfdGetfd(_) => "pidfd_getfd",
+            Body::Signal(_) => "signal",
             Body::Loss(_) => "loss",
             Body::DecodeError(_) => "decode_error",
             Body::AgentStart(_) => "agent_start",
+            Body::AgentReload(_) => "agent_reload",
+            Body::AgentStopping(_) => "agent_stopping",
+        }
+    }
+
+    /// The tamper classification, if the event carries one.
+    pub fn tamper(&self) -> Option<&Tamper> {
+        match self {
+            Body::Exec(e) => e.tamper.as_ref(),
+            Body::Delete(f) | Body::Rename(f) | Body::Truncate(f) | Body::Link(f) => {
+                f.tamper.as_ref()
+            }
+            Body::Syslog(g)
+            | Body::Ptrace(g)
+            | Body::Bpf(g)
+            | Body::ProcessVmWritev(g)
+            | Body::PidfdGetfd(g) => g.tamper.as_ref(),
+            Body::Signal(s) => s.tamper.as_ref(),
+            _ => None,
         }
     }
 }
@@ -115,8 +155,8 @@ pub struct Exec {
 /// Why an event destroys or hides evidence.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Tamper {
-    /// e.g. "log_deleted", "history_truncated", "audit_disabled".
-    pub kind: &'static str,
+    /// e.g. "log_deleted", "history_truncated", "audit_disabled" (or a user rule's kind).
+    pub kind: String,
     /// The rule that matched, in words.
     pub reason: String,
 }
@@ -128,9 +168,11 @@ pub struct FileOp {
     #[serde(flatten)]
     pub process: Process,
     /// The syscall: unlink, unlinkat, rmdir, rename, renameat, renameat2, truncate,
-    /// ftruncate, open, openat, openat2, creat.
-    pub syscall: &'static str,
-    /// Absolute path, its directory part resolved in the kernel.
+    /// ftruncate, open, openat, openat2, creat, fallocate, link, linkat, symlink,
+    /// symlinkat. Through io_uring: "io_uring:unlinkat", "io_uring:renameat", ...
+    pub syscall: String,
+    /// Absolute path, its directory part resolved in the kernel. For a link: the new
+    /// name created.
     pub path: String,
     /// The name argument exactly as passed ("" for ftruncate).
     pub raw_path: String,
@@ -139,6 +181,15 @@ pub struct FileOp {
     pub new_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_new_path: Option<String>,
+    /// link: the existing file (absolute); symlink: the link's content, as given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// link events: true for a symbolic link, false for a hard link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbolic: Option<bool>,
+    /// Submitted through io_uring: which ring and request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_uring: Option<IoUringRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dirfd: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,8 +235,86 @@ pub struct Connect {
     pub success: Option<bool>,
     /// "connected", "in_progress" or "failed".
     pub outcome: Option<&'static str>,
+    /// Submitted through io_uring: which ring and request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_uring: Option<IoUringRef>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<&'static str>,
+}
+
+/// An io_uring submission: kernel addresses, hashed into stable opaque ids (addresses
+/// themselves are not leaked off the host).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct IoUringRef {
+    pub ring: String,
+    pub request: String,
+}
+
+/// A syscall that touches the kernel's evidence or the auditor itself.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Guarded {
+    #[serde(flatten)]
+    pub process: Process,
+    /// What was asked: "clear", "read_clear" (syslog); "attach", "seize" (ptrace);
+    /// "prog_get_fd_by_id", "map_get_fd_by_id", "link_get_fd_by_id", "link_detach",
+    /// "prog_detach" (bpf); "write" (process_vm_writev); "getfd" (pidfd_getfd).
+    pub action: String,
+    /// The process acted on (ptrace, process_vm_writev, pidfd_getfd).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_pid: Option<u32>,
+    /// bpf: the object id asked for (or the fd, for detach).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf_id: Option<u32>,
+    /// The target is the auditor (its process, or one of its BPF objects).
+    pub targets_agent: bool,
+    pub ret: Option<i64>,
+    pub errno: Option<String>,
+    pub success: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tamper: Option<Tamper>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<&'static str>,
+}
+
+/// A signal generated for the auditor (the sender is the flattened process).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Signal {
+    #[serde(flatten)]
+    pub process: Process,
+    /// "SIGTERM", "SIGKILL", ... or "SIG<n>".
+    pub signal: String,
+    pub signo: i32,
+    /// How it was sent: "SI_USER" (kill), "SI_TKILL" (tgkill), "SI_QUEUE", "SI_KERNEL"...
+    pub code: String,
+    pub target_pid: u32,
+    pub target_tid: u32,
+    /// Process-directed (kill) rather than thread-directed (tgkill).
+    pub group: bool,
+    /// The kernel's verdict: "delivered", "ignored", "already_pending", ...
+    pub result: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tamper: Option<Tamper>,
+}
+
+/// The watch list and rules were reloaded (SIGHUP).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AgentReload {
+    pub watch_paths: Vec<String>,
+    pub rule_files: Vec<String>,
+    pub user_rules: usize,
+    /// Why a reload was refused (the old configuration stays in force), or null.
+    pub error: Option<String>,
+}
+
+/// The agent is stopping: the last record of its boot.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AgentStopping {
+    /// "SIGTERM", "SIGINT", or "error: ...".
+    pub reason: String,
+    /// Events sequenced in this boot, this one included.
+    pub events: u64,
+    /// Kernel records lost in this boot.
+    pub kernel_losses: u64,
 }
 
 /// Records the kernel could not deliver (ring buffer full), or that were lost elsewhere.
@@ -229,4 +358,8 @@ pub struct AgentStart {
     pub argv_max_bytes: u32,
     pub argv_max_args: u32,
     pub ring_bytes: u32,
+    /// Kernel hooks attached.
+    pub hooks: usize,
+    /// Optional hooks this kernel does not allow, with the reason (a blind spot, said).
+    pub hooks_missing: Vec<String>,
 }

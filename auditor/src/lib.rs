@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod decode;
 pub mod event;
+pub mod guard;
 pub mod redact;
 pub mod sink;
 pub mod vault;
@@ -20,8 +21,9 @@ pub mod vault_cmd;
 pub mod watch;
 pub mod watchlist;
 
-/// Resolves on SIGTERM or Ctrl-C (logging which), for graceful shutdown.
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C (logging which) with the reason, for graceful
+/// shutdown.
+pub async fn shutdown_signal() -> String {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -31,7 +33,13 @@ pub async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; flushing"),
-        _ = term.recv() => tracing::info!("SIGTERM; flushing"),
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted; flushing");
+            "SIGINT".into()
+        }
+        _ = term.recv() => {
+            tracing::info!("SIGTERM; flushing");
+            "SIGTERM".into()
+        }
     }
 }

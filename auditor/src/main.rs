@@ -72,6 +72,7 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(auditor::bpf::LoadError::NotRoot.into());
     }
+    let rules = auditor::classify::UserRules::load(&args.rules)?;
     let watch = auditor::watchlist::WatchList::for_trees(&watch_paths(&args.paths)?)?;
     tracing::debug!(prefixes = ?watch.prefixes, inodes = watch.inodes.len(), "watch list");
     let trees = watch.trees.clone();
@@ -127,10 +128,21 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
         })?;
         sinks.push(Box::new(sink));
     }
+    // SIGHUP: the watch paths are re-resolved (a tree created or re-mounted since
+    // start) and the rules files re-read.
+    let (paths, rule_files) = (args.paths.clone(), args.rules.clone());
+    let reload: watch::Reloader = Box::new(move || {
+        let rules = auditor::classify::UserRules::load(&rule_files).map_err(|e| e.to_string())?;
+        let trees = watch_paths(&paths).map_err(|e| e.to_string())?;
+        let watch = auditor::watchlist::WatchList::for_trees(&trees).map_err(|e| e.to_string())?;
+        Ok(watch::Reconfig { watch, rules })
+    });
     let opts = WatchOptions {
         load,
         boot_id,
         kernel_losses,
+        rules,
+        reload: Some(reload),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -45,7 +45,9 @@ pub fn run(cmd: VaultCommand) -> Result<bool> {
                 ..ServeOptions::new(listen, data)
             };
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(vault::serve(opts, crate::shutdown_signal()))?;
+            rt.block_on(vault::serve(opts, async {
+                crate::shutdown_signal().await;
+            }))?;
             Ok(true)
         }
         VaultCommand::Enroll { data, host } => {

@@ -4,6 +4,11 @@
 //! pairs and stamps records, and hands events to the sink thread over a bounded channel
 //! (full-queue policy: block; see `sink`). A 200 ms tick polls the kernel loss counters,
 //! expires exec entries whose exit never came, and re-samples the clock.
+//!
+//! SIGHUP reloads the watch list and the rules (through the caller's `reload`) without
+//! detaching anything: the kernel maps are rewritten in place, so no event is lost.
+//! Shutdown (SIGTERM/SIGINT) drains the ring and pending entries, then sends a last
+//! `agent_stopping` record with the reason.
 
 use std::{future::Future, time::Duration};
 
@@ -12,10 +17,16 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 use crate::{
     assemble::{Assembler, Stamped},
     bpf::{self, LoadOptions, ring::LossReader},
+    classify::UserRules,
     clock::{self, Clock},
     decode,
-    event::{AgentStart, Body, CpuLoss, DecodeErrorEvent, Event, Loss, SCHEMA_VERSION},
+    event::{
+        AgentReload, AgentStart, AgentStopping, Body, CpuLoss, DecodeErrorEvent, Event, Loss,
+        SCHEMA_VERSION,
+    },
+    guard::AgentSelf,
     sink::{Sink, SinkError},
+    watchlist::WatchList,
 };
 
 /// Events in flight between the reader and the sinks.
@@ -41,7 +52,19 @@ pub struct WatchOptions {
     pub boot_id: String,
     /// Kernel records lost since start, for the vault client's heartbeats.
     pub kernel_losses: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The user's tamper rules.
+    pub rules: UserRules,
+    /// Called on SIGHUP: the new watch list and rules, or why not (the old ones stay).
+    pub reload: Option<Reloader>,
 }
+
+/// What a reload produces.
+pub struct Reconfig {
+    pub watch: WatchList,
+    pub rules: UserRules,
+}
+
+pub type Reloader = Box<dyn FnMut() -> Result<Reconfig, String> + Send>;
 
 /// Assigns per-boot sequence numbers and wall-clock times.
 pub struct Sequencer {
@@ -91,12 +114,17 @@ fn hex_head(b: &[u8]) -> String {
 /// Runs until `shutdown` resolves (or a fatal error). Everything already read from the
 /// kernel is delivered to the sinks before returning.
 pub async fn run(
-    opts: WatchOptions,
+    mut opts: WatchOptions,
     sinks: Vec<Box<dyn Sink>>,
     ready: impl FnOnce(usize),
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = String>,
 ) -> Result<(), WatchError> {
-    let mut ebpf = bpf::load_and_attach(&opts.load)?;
+    let bpf::Loaded {
+        mut ebpf,
+        attached,
+        unattached,
+    } = bpf::load_and_attach(&opts.load)?;
+    let agent = AgentSelf::current(own_bpf_ids(&ebpf));
     let ring = bpf::ring::take_ring(&mut ebpf)?;
     let mut losses = LossReader::new(&mut ebpf)?;
     // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, for its whole life:
@@ -111,6 +139,8 @@ pub async fn run(
 
     let mut seq = Sequencer::new();
     let mut asm = Assembler::with_watch(opts.load.watch.clone());
+    asm.set_rules(std::mem::take(&mut opts.rules));
+    asm.set_agent(agent);
     let mut out: Vec<Stamped> = Vec::new();
     let start = Stamped {
         boot_ns: clock::boot_now_ns(),
@@ -122,19 +152,34 @@ pub async fn run(
             argv_max_bytes: opts.load.settings.argv_bytes,
             argv_max_args: opts.load.settings.argv_args,
             ring_bytes: opts.load.ring_bytes,
+            hooks: attached,
+            hooks_missing: unattached
+                .iter()
+                .map(|(hook, why)| format!("{hook}: {why}"))
+                .collect(),
         }),
     };
     tx.send(seq.stamp(start))
         .await
         .map_err(|_| WatchError::SinkGone)?;
-    ready(bpf::TRACEPOINTS.len());
+    ready(attached);
 
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(WatchError::Poll)?;
     let mut tick = tokio::time::interval(TICK);
     tokio::pin!(shutdown);
+    let mut reason = String::new();
     let result = loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break Ok(()),
+            r = &mut shutdown => {
+                reason = r;
+                break Ok(());
+            }
+            _ = hup.recv() => {
+                let body = reload(&mut opts.reload, &mut ebpf, &mut asm);
+                out.push(Stamped { boot_ns: clock::boot_now_ns(), body });
+            }
             guard = ring.readable_mut() => {
                 let mut guard = match guard {
                     Ok(g) => g,
@@ -168,13 +213,87 @@ pub async fn run(
     }
     asm.drain(&mut out);
     if let Ok(Some(d)) = losses.poll() {
+        opts.kernel_losses
+            .store(d.total_records, std::sync::atomic::Ordering::Relaxed);
         out.push(loss_event(&seq, d));
     }
     let _ = send_all(&tx, &mut seq, &mut out).await;
+    if let Err(e) = &result {
+        reason = format!("error: {e}");
+    }
+    let last = Stamped {
+        boot_ns: clock::boot_now_ns(),
+        body: Body::AgentStopping(AgentStopping {
+            reason,
+            events: seq.next,
+            kernel_losses: opts
+                .kernel_losses
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }),
+    };
+    let _ = tx.send(seq.stamp(last)).await;
     drop(tx);
     let sink_result = sink_thread.join().map_err(|_| WatchError::SinkGone)?;
     result?;
     sink_result
+}
+
+/// Ids of the agent's BPF programs and the maps they use: a `bpf()` call by another
+/// process that opens one of these by id is tamper.
+fn own_bpf_ids(ebpf: &aya::Ebpf) -> std::collections::HashSet<u32> {
+    let mut ids = std::collections::HashSet::new();
+    for (_, prog) in ebpf.programs() {
+        if let Ok(info) = prog.info() {
+            ids.insert(info.id());
+            if let Ok(Some(maps)) = info.map_ids() {
+                ids.extend(maps);
+            }
+        }
+    }
+    ids
+}
+
+/// SIGHUP: asks the caller for the new configuration and applies it to the kernel maps
+/// and the assembler. On any error the old configuration stays and the event says why.
+fn reload(reloader: &mut Option<Reloader>, ebpf: &mut aya::Ebpf, asm: &mut Assembler) -> Body {
+    let refused = |error: String| {
+        tracing::warn!("reload refused, old configuration kept: {error}");
+        Body::AgentReload(AgentReload {
+            watch_paths: Vec::new(),
+            rule_files: Vec::new(),
+            user_rules: 0,
+            error: Some(error),
+        })
+    };
+    let Some(f) = reloader.as_mut() else {
+        return refused("this agent was started without a reloadable configuration".into());
+    };
+    let cfg = match f() {
+        Ok(c) => c,
+        Err(e) => return refused(e),
+    };
+    if let Err(e) = bpf::write_watch_list(ebpf, Some(&cfg.watch)) {
+        return refused(format!("updating the kernel watch maps: {e}"));
+    }
+    let ev = AgentReload {
+        watch_paths: cfg
+            .watch
+            .trees
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        rule_files: cfg
+            .rules
+            .sources
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        user_rules: cfg.rules.len(),
+        error: None,
+    };
+    tracing::info!(paths = ?ev.watch_paths, rules = ev.user_rules, "reloaded");
+    asm.reconfigure(Some(cfg.watch), cfg.rules);
+    Body::AgentReload(ev)
 }
 
 /// Reads up to a batch of records; true when the ring is empty.

@@ -205,3 +205,102 @@ fn events_spooled_while_the_vault_is_down_survive_kill_9_of_the_agent() {
     a.stop();
     vault.kill();
 }
+
+/// Python that lists every loaded BPF program (BPF_PROG_GET_NEXT_ID) and opens each by
+/// id (BPF_PROG_GET_FD_BY_ID), as `bpftool prog show` does.
+const BPF_PROBE: &str = r#"
+import ctypes, os, struct
+libc = ctypes.CDLL(None, use_errno=True)
+def bpf(cmd, attr):
+    buf = ctypes.create_string_buffer(attr, 128)
+    return libc.syscall(321, cmd, buf, 128), buf
+start, n = 0, 0
+while True:
+    r, buf = bpf(11, struct.pack("II", start, 0))
+    if r < 0:
+        break
+    start = struct.unpack_from("II", buf.raw)[1]
+    fd, _ = bpf(13, struct.pack("I", start))
+    if fd >= 0:
+        os.close(fd)
+        n += 1
+
+"#;
+
+/// PTRACE_SEIZE of the agent (which does not stop it); detached when python exits.
+const PTRACE_SEIZE: &str = r#"
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+sys.exit(0 if libc.ptrace(0x4206, int(sys.argv[1]), None, None) == 0 else ctypes.get_errno())
+"#;
+
+#[test]
+fn attacks_on_the_agent_and_its_stop_reach_the_vault() {
+    let data = TempDir::new("vault-data");
+    let spool = TempDir::new("spool");
+    let watched = TempDir::new("vault-watched");
+    let port = free_port();
+    let token = enroll(data.path(), "agent1");
+    let vault = Vault::start(data.path(), port);
+    let a = agent(port, &token, spool.path(), &watched);
+    let agent_pid = a.pid();
+
+    // Clearing the kernel ring.
+    let (pid, st) = run(Command::new("dmesg").arg("-C"));
+    assert!(st.success());
+    let rec = query_until(data.path(), &["--kind", "syslog", "--tamper-only"], |r| {
+        r["payload"]["pid"] == pid
+    });
+    assert_eq!(rec["payload"]["tamper"]["kind"], "kernel_ring_cleared");
+    assert_eq!(rec["payload"]["action"], "clear");
+    assert_eq!(rec["payload"]["success"], true);
+
+    // Opening the agent's BPF programs by id.
+    let (pid, st) = run(Command::new("python3").args(["-c", BPF_PROBE]));
+    assert!(st.success());
+    let rec = query_until(data.path(), &["--kind", "bpf", "--tamper-only"], |r| {
+        r["payload"]["pid"] == pid
+    });
+    assert_eq!(rec["payload"]["tamper"]["kind"], "agent_bpf_access");
+    assert_eq!(rec["payload"]["action"], "prog_get_fd_by_id");
+    assert_eq!(rec["payload"]["targets_agent"], true);
+
+    // ptrace of the agent.
+    let (pid, st) = run(Command::new("python3").args(["-c", PTRACE_SEIZE, &agent_pid.to_string()]));
+    assert!(st.success(), "PTRACE_SEIZE of the agent failed: {st:?}");
+    let rec = query_until(data.path(), &["--kind", "ptrace", "--tamper-only"], |r| {
+        r["payload"]["pid"] == pid
+    });
+    assert_eq!(rec["payload"]["tamper"]["kind"], "agent_ptraced");
+    assert_eq!(rec["payload"]["action"], "seize");
+    assert_eq!(rec["payload"]["target_pid"], agent_pid);
+
+    // A signal from another process: who sent which.
+    let (pid, st) = run(Command::new("kill").args(["-HUP", &agent_pid.to_string()]));
+    assert!(st.success());
+    let rec = query_until(data.path(), &["--kind", "signal", "--tamper-only"], |r| {
+        r["payload"]["pid"] == pid
+    });
+    assert_eq!(rec["payload"]["signal"], "SIGHUP");
+    assert_eq!(rec["payload"]["comm"], "kill");
+    assert_eq!(rec["payload"]["target_pid"], agent_pid);
+    assert_eq!(rec["payload"]["tamper"]["kind"], "agent_signalled");
+    query_until(data.path(), &["--kind", "agent_reload"], |r| {
+        r["payload"]["error"].is_null()
+    });
+
+    // SIGTERM: flushed, and the last record of the boot says why it stopped.
+    let (st, _) = a.stop_keeping_vault();
+    assert!(st.success());
+    let me = std::process::id();
+    let rec = query_until(data.path(), &["--kind", "signal"], |r| {
+        r["payload"]["signal"] == "SIGTERM"
+    });
+    assert_eq!(rec["payload"]["pid"], me, "the sender is this test process");
+    assert_eq!(rec["payload"]["tamper"]["kind"], "agent_stop_requested");
+    let rec = query_until(data.path(), &["--kind", "agent_stopping"], |_| true);
+    assert_eq!(rec["payload"]["reason"], "SIGTERM");
+    assert_eq!(rec["payload"]["kernel_losses"], 0);
+    vault.kill();
+}

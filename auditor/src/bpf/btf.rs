@@ -7,13 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use auditor_common::offsets::{ABSENT, KernelOffsets, OFFSETS_MAGIC};
+use auditor_common::offsets::{ABSENT, KernelOffsets, OFFSETS_MAGIC, OPTIONAL};
 use btf_rs::{Btf, BtfType, Type};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
-
-/// Members the programs can live without; their offset is `ABSENT` when missing.
-const OPTIONAL: &[&str] = &["task_loginuid", "task_sessionid"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -54,7 +51,9 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     for &(field, ty, member) in KernelOffsets::FIELDS {
         let value = match member_offset(btf, ty, member) {
             Ok(v) => v,
-            Err(BtfError::NoMember { .. }) if OPTIONAL.contains(&field) => ABSENT,
+            Err(BtfError::NoMember { .. } | BtfError::NoStruct(_)) if OPTIONAL.contains(&field) => {
+                ABSENT
+            }
             Err(e) => return Err(e),
         };
         // `set` only fails for names not in FIELDS, which we are iterating.

@@ -14,7 +14,7 @@ use auditor_common::{Settings, limits, names};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 
 use crate::watchlist::WatchList;
@@ -57,7 +57,41 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_exit_fallocate",
     "sys_enter_connect",
     "sys_exit_connect",
+    "sys_enter_link",
+    "sys_enter_linkat",
+    "sys_enter_symlink",
+    "sys_enter_symlinkat",
+    "sys_exit_link",
+    "sys_exit_linkat",
+    "sys_exit_symlink",
+    "sys_exit_symlinkat",
+    "sys_enter_syslog",
+    "sys_exit_syslog",
+    "sys_enter_ptrace",
+    "sys_exit_ptrace",
+    "sys_enter_process_vm_writev",
+    "sys_exit_process_vm_writev",
+    "sys_enter_pidfd_getfd",
+    "sys_exit_pidfd_getfd",
+    "sys_enter_bpf",
+    "sys_exit_bpf",
 ];
+
+/// io_uring tracepoints: attached when the kernel has io_uring (and its BTF the request
+/// structs); otherwise the agent reports them as not attached, with the reason.
+pub const IOURING_TRACEPOINTS: &[&str] = &["io_uring_submit_req", "io_uring_complete"];
+
+/// Raw tracepoints (the program gets the tracepoint's C arguments, e.g. a task pointer).
+pub const RAW_TRACEPOINTS: &[&str] = &["signal_generate"];
+
+/// A loaded and attached set of programs.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    /// Hooks attached.
+    pub attached: usize,
+    /// Optional hooks that could not be attached, with the reason.
+    pub unattached: Vec<(String, String)>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -154,7 +188,7 @@ pub fn object_bytes(object: Option<&Path>) -> Result<Vec<u8>, LoadError> {
 }
 
 /// Loads the programs with offsets and settings patched in, and attaches them all.
-pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
+pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let bytes = object_bytes(opts.object.as_deref())?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -168,7 +202,6 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
     settings.argv_bytes = settings.argv_bytes.min(limits::ARGV_BYTES_MAX);
     settings.argv_args = settings.argv_args.min(limits::ARGV_ARGS_MAX);
     settings.self_tgid = std::process::id();
-    settings.prefix_count = opts.watch.as_ref().map_or(0, |w| w.prefix_count() as u32);
     settings.file_filter = 1;
 
     let mut ebpf = EbpfLoader::new()
@@ -179,12 +212,16 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
         .load(&bytes)
         .map_err(LoadError::Load)?;
 
-    fill_watch_maps(&mut ebpf, opts.watch.as_ref())?;
+    write_watch_list(&mut ebpf, opts.watch.as_ref())?;
     load_tail_calls(&mut ebpf)?;
 
+    let mut attached = 0;
     for &name in TRACEPOINTS {
-        let (category, tracepoint) = ("syscalls", name);
-        let program: &mut TracePoint = ebpf
+        attach_tracepoint(&mut ebpf, "syscalls", name)?;
+        attached += 1;
+    }
+    for &name in RAW_TRACEPOINTS {
+        let program: &mut RawTracePoint = ebpf
             .program_mut(name)
             .ok_or(LoadError::MissingProgram(name))?
             .try_into()
@@ -193,11 +230,51 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
             .load()
             .map_err(|source| LoadError::Program { name, source })?;
         program
-            .attach(category, tracepoint)
+            .attach(name)
             .map_err(|source| LoadError::Program { name, source })?;
-        tracing::debug!(program = name, "attached {category}/{tracepoint}");
+        attached += 1;
     }
-    Ok(ebpf)
+    let mut unattached = Vec::new();
+    let iouring_missing = ["tp_iou_submit_opcode", "iou_req_cmd", "filename_name"]
+        .iter()
+        .find(|f| offsets.get(f) == Some(auditor_common::offsets::ABSENT));
+    for &name in IOURING_TRACEPOINTS {
+        if let Some(field) = iouring_missing {
+            unattached.push((
+                format!("io_uring/{name}"),
+                format!("kernel BTF lacks {field} (no io_uring in this kernel?)"),
+            ));
+            continue;
+        }
+        match attach_tracepoint(&mut ebpf, "io_uring", name) {
+            Ok(()) => attached += 1,
+            Err(e) => {
+                tracing::warn!("io_uring/{name} not attached: {e}");
+                unattached.push((format!("io_uring/{name}"), e.to_string()));
+            }
+        }
+    }
+    Ok(Loaded {
+        ebpf,
+        attached,
+        unattached,
+    })
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &'static str) -> Result<(), LoadError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })?;
+    program
+        .load()
+        .map_err(|source| LoadError::Program { name, source })?;
+    program
+        .attach(category, name)
+        .map_err(|source| LoadError::Program { name, source })?;
+    tracing::debug!(program = name, "attached {category}/{name}");
+    Ok(())
 }
 
 /// Loads the programs reached only by tail call and puts them in their slots, before
@@ -235,28 +312,49 @@ fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), LoadError> {
 }
 
 /// Writes the watched prefixes and inodes into the kernel filter's maps.
-fn fill_watch_maps(ebpf: &mut Ebpf, watch: Option<&WatchList>) -> Result<(), LoadError> {
-    let Some(watch) = watch else { return Ok(()) };
+/// Writes the watch list into the kernel maps: the prefixes, then their count, then
+/// the directory inodes (stale ones removed). Used at load and on reload; a file
+/// operation racing a reload is judged against the old or the new list.
+pub fn write_watch_list(ebpf: &mut Ebpf, watch: Option<&WatchList>) -> Result<(), LoadError> {
     let err = |name| move |source| LoadError::Map { name, source };
+    let empty = Vec::new();
+    let kernel_prefixes = watch.map_or(empty, |w| w.kernel_prefixes());
     let map = ebpf
         .map_mut(names::WATCH_PREFIXES)
         .ok_or(LoadError::MissingMap(names::WATCH_PREFIXES))?;
     let mut prefixes: Array<_, auditor_common::WatchPrefix> =
         Array::try_from(map).map_err(err(names::WATCH_PREFIXES))?;
-    for (i, p) in watch.kernel_prefixes().iter().enumerate() {
+    for (i, p) in kernel_prefixes.iter().enumerate() {
         prefixes
             .set(i as u32, p, 0)
             .map_err(err(names::WATCH_PREFIXES))?;
     }
     let map = ebpf
+        .map_mut(names::WATCH_COUNT)
+        .ok_or(LoadError::MissingMap(names::WATCH_COUNT))?;
+    let mut count: Array<_, u32> = Array::try_from(map).map_err(err(names::WATCH_COUNT))?;
+    count
+        .set(0, kernel_prefixes.len() as u32, 0)
+        .map_err(err(names::WATCH_COUNT))?;
+    let map = ebpf
         .map_mut(names::WATCH_INODES)
         .ok_or(LoadError::MissingMap(names::WATCH_INODES))?;
     let mut inodes: HashMap<_, auditor_common::InodeKey, u8> =
         HashMap::try_from(map).map_err(err(names::WATCH_INODES))?;
-    for (k, mode) in watch.kernel_inodes() {
+    let wanted: Vec<(auditor_common::InodeKey, u8)> =
+        watch.map_or_else(Vec::new, WatchList::kernel_inodes);
+    let stale: Vec<auditor_common::InodeKey> = inodes
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.iter().any(|(w, _)| w == k))
+        .collect();
+    for (k, mode) in &wanted {
         inodes
             .insert(k, mode, 0)
             .map_err(err(names::WATCH_INODES))?;
+    }
+    for k in stale {
+        inodes.remove(&k).map_err(err(names::WATCH_INODES))?;
     }
     Ok(())
 }

@@ -52,8 +52,13 @@ pub fn line(ev: &Event, color: bool) -> String {
                 ),
                 _ => format!(" {dim}(result missing){reset}"),
             };
+            let tamper = e
+                .tamper
+                .as_ref()
+                .map(|t| format!(" {c}TAMPER {}{reset}", t.kind))
+                .unwrap_or_default();
             format!(
-                "{dim}{time}{reset} exec  pid={} ppid={} uid={} {}{} {}{}{dim} cwd={}{}{reset}",
+                "{dim}{time}{reset} exec  pid={} ppid={} uid={} {}{} {}{}{dim} cwd={}{}{reset}{tamper}",
                 e.process.pid,
                 e.process.ppid,
                 e.process.uid.map_or("?".into(), |u| u.to_string()),
@@ -72,10 +77,11 @@ pub fn line(ev: &Event, color: bool) -> String {
                     .unwrap_or_default(),
             )
         }
-        Body::Delete(f) | Body::Rename(f) | Body::Truncate(f) => {
+        Body::Delete(f) | Body::Rename(f) | Body::Truncate(f) | Body::Link(f) => {
             let target = f
                 .new_path
                 .as_deref()
+                .or(f.target.as_deref())
                 .map(|n| format!(" -> {n}"))
                 .unwrap_or_default();
             let result = match (f.success, &f.errno) {
@@ -120,8 +126,65 @@ pub fn line(ev: &Event, color: bool) -> String {
             d.error, d.len
         ),
         Body::AgentStart(s) => format!(
-            "{dim}{time}{reset} auditor {} started on {} (kernel {}), boot id {}",
-            s.version, s.hostname, s.kernel, s.boot_id
+            "{dim}{time}{reset} auditor {} started on {} (kernel {}), boot id {}, {} hooks{}",
+            s.version,
+            s.hostname,
+            s.kernel,
+            s.boot_id,
+            s.hooks,
+            if s.hooks_missing.is_empty() {
+                String::new()
+            } else {
+                format!(" (not attached: {})", s.hooks_missing.join("; "))
+            }
+        ),
+        Body::Syslog(g)
+        | Body::Ptrace(g)
+        | Body::Bpf(g)
+        | Body::ProcessVmWritev(g)
+        | Body::PidfdGetfd(g) => {
+            let line = format!(
+                "{time} {} {} pid={} uid={} {}{}{}",
+                ev.body.kind(),
+                g.action,
+                g.process.pid,
+                g.process.uid.map_or("?".into(), |u| u.to_string()),
+                g.process.comm,
+                g.target_pid
+                    .map(|p| format!(" target={p}"))
+                    .unwrap_or_default(),
+                g.errno
+                    .as_deref()
+                    .map(|e| format!(" FAILED {e}"))
+                    .unwrap_or_default(),
+            );
+            match &g.tamper {
+                Some(t) => format!("{c}{line}  TAMPER {}{reset}", t.kind),
+                None => format!("{dim}{line}{reset}"),
+            }
+        }
+        Body::Signal(s) => format!(
+            "{c}{time} signal {} to the auditor from pid={} uid={} {} ({}){}{reset}",
+            s.signal,
+            s.process.pid,
+            s.process.uid.map_or("?".into(), |u| u.to_string()),
+            s.process.comm,
+            s.code,
+            s.tamper
+                .as_ref()
+                .map(|t| format!("  TAMPER {}", t.kind))
+                .unwrap_or_default()
+        ),
+        Body::AgentReload(r) => match &r.error {
+            None => format!(
+                "{dim}{time}{reset} reloaded: watching {:?}, {} user rules",
+                r.watch_paths, r.user_rules
+            ),
+            Some(e) => format!("{c}{time} reload refused (old configuration kept): {e}{reset}"),
+        },
+        Body::AgentStopping(s) => format!(
+            "{dim}{time}{reset} auditor stopping ({}), {} events, {} kernel losses",
+            s.reason, s.events, s.kernel_losses
         ),
     }
 }
