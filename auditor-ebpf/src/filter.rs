@@ -62,35 +62,28 @@ struct PrefixCtx {
     /// Tail offset and length of the name in the record of type `T`.
     name_off: u64,
     name_len: u64,
-    /// Offset of the name's last '/'.
-    last_slash: u64,
+    /// Longest `ENTRIES` prefix the name starts with (0: none).
+    entries_len: u64,
     matched: u32,
     _pad: u32,
 }
 
 /// True if the absolute name at tail offset `name_off` (`name_len` bytes) of a record of
 /// type `T` lies in a watched tree.
+///
+/// The prefixes are compared first; only when an `ENTRIES` prefix (a directory holding
+/// history files) matched and no tree did is the name scanned for its last '/': that
+/// scan costs a loop over every byte, and most names never need it.
 #[inline(always)]
 pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
     let count = WATCH_COUNT.get(0).copied().unwrap_or(0);
     if count == 0 {
         return false;
     }
-    let mut slash = SlashCtx { name_off, last: 0 };
-    // SAFETY: the callback only reads this CPU's scratch buffer and writes `slash`.
-    unsafe {
-        bpf_loop(
-            name_len as u32 & 0xfff,
-            slash_step::<T> as *mut c_void,
-            (&raw mut slash).cast(),
-            0,
-        );
-    }
-    let last_slash = crate::emit::launder(slash.last);
     let mut ctx = PrefixCtx {
         name_off,
         name_len,
-        last_slash,
+        entries_len: 0,
         matched: 0,
         _pad: 0,
     };
@@ -108,7 +101,27 @@ pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
             0,
         );
     }
-    ctx.matched != 0
+    if ctx.matched != 0 {
+        return true;
+    }
+    let entries_len = crate::emit::launder(ctx.entries_len);
+    if entries_len == 0 {
+        return false;
+    }
+    // A direct entry of that directory: the name's last '/' is the one right after the
+    // prefix. (Only the longest matching ENTRIES prefix can satisfy this: a longer one
+    // that matched puts a '/' further right.)
+    let mut slash = SlashCtx { name_off, last: 0 };
+    // SAFETY: the callback only reads this CPU's scratch buffer and writes `slash`.
+    unsafe {
+        bpf_loop(
+            name_len as u32 & 0xfff,
+            slash_step::<T> as *mut c_void,
+            (&raw mut slash).cast(),
+            0,
+        );
+    }
+    crate::emit::launder(slash.last) == entries_len
 }
 
 #[repr(C)]
@@ -184,9 +197,12 @@ extern "C" fn prefix_step<T>(i: u64, ctx: *mut c_void) -> i64 {
     if !(plen == c.name_len || next == b'/' || root) {
         return 0;
     }
-    // ENTRIES: only a direct entry of the directory, i.e. the name's last '/' is the one
-    // right after the prefix.
-    if p.mode == watch_mode::ENTRIES as u32 && c.last_slash != plen {
+    // ENTRIES: only a direct entry of the directory; decided after the loop. The loader
+    // orders ENTRIES prefixes by length, so the last one that matches is the longest.
+    // Laundered: a value the verifier cannot track keeps the loop's states from
+    // multiplying.
+    if p.mode == watch_mode::ENTRIES as u32 {
+        c.entries_len = crate::emit::launder(plen);
         return 0;
     }
     c.matched = 1;

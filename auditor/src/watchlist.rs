@@ -273,10 +273,14 @@ impl WatchList {
         self.prefixes.len() + self.entry_dirs.len()
     }
 
-    /// The prefixes as the kernel map stores them.
+    /// The prefixes as the kernel map stores them: trees first, then the `ENTRIES`
+    /// directories shortest first (the kernel keeps the *last* `ENTRIES` match, which
+    /// must be the longest: `/root` before `/root/.local/share/fish`).
     pub fn kernel_prefixes(&self) -> Vec<WatchPrefix> {
         let tree = self.prefixes.iter().map(|p| (p, watch_mode::TREE));
-        let entries = self.entry_dirs.iter().map(|p| (p, watch_mode::ENTRIES));
+        let mut dirs: Vec<&String> = self.entry_dirs.iter().collect();
+        dirs.sort_by_key(|d| d.len());
+        let entries = dirs.into_iter().map(|p| (p, watch_mode::ENTRIES));
         tree.chain(entries)
             .map(|(p, mode)| {
                 let mut bytes = [0u8; limits::PREFIX_LEN_MAX];
@@ -361,6 +365,14 @@ mod tests {
                 .contains(&"/root/.local/share/fish".to_string())
         );
         assert_eq!(w.prefix_count(), w.kernel_prefixes().len());
+        // ENTRIES prefixes come shortest first: the kernel keeps the last match.
+        let entries: Vec<u32> = w
+            .kernel_prefixes()
+            .iter()
+            .filter(|p| p.mode == u32::from(watch_mode::ENTRIES))
+            .map(|p| p.len)
+            .collect();
+        assert!(entries.windows(2).all(|w| w[0] <= w[1]), "{entries:?}");
         // /var/log and /var are real here: their inodes are marked.
         let var = inode_of(Path::new("/var")).unwrap();
         assert_eq!(w.inodes.get(&var), Some(&watch_mode::ANCESTOR));
