@@ -20,6 +20,9 @@ use std::{
 pub const AGENT_UNIT: &str = include_str!("../../dist/systemd/auditor.service");
 pub const VAULT_UNIT: &str = include_str!("../../dist/systemd/auditor-vault.service");
 pub const VAULT_SYSUSERS: &str = include_str!("../../dist/sysusers/auditor-vault.conf");
+/// The units' `Documentation=` points here.
+pub const OPERATIONS_DOC: &str = include_str!("../../docs/OPERATIONS.md");
+pub const DOC_PATH: &str = "/usr/local/share/doc/auditor/OPERATIONS.md";
 
 pub const BIN_PATH: &str = "/usr/local/bin/auditor";
 pub const UNIT_DIR: &str = "/etc/systemd/system";
@@ -172,6 +175,11 @@ pub fn plan(args: &InstallArgs, current_exe: &Path) -> Vec<Step> {
     steps.push(Step::File {
         path: under(&root, SYSUSERS_PATH),
         content: VAULT_SYSUSERS,
+        mode: 0o644,
+    });
+    steps.push(Step::File {
+        path: under(&root, DOC_PATH),
+        content: OPERATIONS_DOC,
         mode: 0o644,
     });
     steps.push(Step::Dir {
@@ -364,6 +372,7 @@ pub fn uninstall(args: &InstallArgs) -> Result<bool, InstallError> {
         under(&root, UNIT_DIR).join("auditor.service"),
         under(&root, UNIT_DIR).join("auditor-vault.service"),
         under(&root, SYSUSERS_PATH),
+        under(&root, DOC_PATH),
         under(&root, BIN_PATH),
     ];
     for f in &files {

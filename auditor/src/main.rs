@@ -159,21 +159,19 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
         Some(addr) => Some(auditor::metrics::serve(addr, metrics.clone())?),
         None => None,
     };
-    let _status = match &cfg.status_file {
-        Some(path) => Some(
-            StatusWriter::start(
-                path.clone(),
-                metrics.clone(),
-                StatusContext {
-                    watch_paths: trees.clone(),
-                    evidence,
-                    metrics: metrics_addr.map(|a| a.to_string()),
-                },
-            )
-            .context("writing the status file (--status-file / status_file; \"\" turns it off)")?,
-        ),
-        None => None,
-    };
+    // Not fatal: an auditor that refuses to audit because /run is read-only helps no one.
+    let _status = cfg.status_file.as_ref().and_then(|path| {
+        let ctx = StatusContext {
+            watch_paths: trees.clone(),
+            evidence,
+            metrics: metrics_addr.map(|a| a.to_string()),
+        };
+        StatusWriter::start(path.clone(), metrics.clone(), ctx)
+            .map_err(|e| {
+                tracing::warn!("{e}; `auditor status` will not see this agent (set --status-file or status_file)")
+            })
+            .ok()
+    });
     let opts = WatchOptions {
         load,
         boot_id,
