@@ -114,6 +114,11 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let kernel_losses = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let metrics = Metrics::new(kernel_losses.clone());
     sinks.push(Box::new(MetricsSink(metrics.clone())));
+    // Bound before anything starts (vault client, programs): a taken port fails the start.
+    let metrics_addr = match cfg.metrics_listen {
+        Some(addr) => Some(auditor::metrics::serve(addr, metrics.clone())?),
+        None => None,
+    };
     let host = cfg.host.clone().unwrap_or_else(watch::hostname);
     let evidence;
     if let Some(v) = &cfg.vault {
@@ -154,11 +159,6 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
     } else {
         evidence = "none (no vault: stdout and the output file only)".to_owned();
     }
-    // Bound before the programs are attached, so that a taken port fails the start.
-    let metrics_addr = match cfg.metrics_listen {
-        Some(addr) => Some(auditor::metrics::serve(addr, metrics.clone())?),
-        None => None,
-    };
     // Not fatal: an auditor that refuses to audit because /run is read-only helps no one.
     let _status = cfg.status_file.as_ref().and_then(|path| {
         let ctx = StatusContext {
