@@ -45,6 +45,7 @@ fn install_under_a_root_puts_everything_in_place_and_keeps_an_edited_config() {
         "etc/systemd/system/auditor-vault.service",
         "etc/sysusers.d/auditor-vault.conf",
         "etc/auditor/auditor.toml",
+        "usr/local/share/doc/auditor/OPERATIONS.md",
     ] {
         assert!(root.join(f).is_file(), "{f} missing; output:\n{first}");
     }
