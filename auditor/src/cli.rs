@@ -23,6 +23,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Load the eBPF programs and stream events.
     Watch(WatchArgs),
@@ -30,10 +32,20 @@ pub enum Command {
     Check(CheckArgs),
     /// The evidence vault: serve, enroll agents, verify, query, erase.
     Vault(VaultArgs),
+    /// The configuration file: print the annotated default, or check a file.
+    Config(crate::config::ConfigArgs),
+    /// Install the binary, systemd units and default configuration (root).
+    Install(crate::install::InstallArgs),
+    /// Remove what `install` put in place (keeps the configuration and the evidence).
+    Uninstall(crate::install::InstallArgs),
+    /// Summarise the running agent: uptime, event rate, losses, spool, vault.
+    Status(crate::status::StatusArgs),
 }
 
 /// Where `auditor watch` keeps evidence when no remote vault is configured.
 pub const DEFAULT_LOCAL_VAULT: &str = "/var/lib/auditor/vault";
+/// `--ring-buffer-size` when neither the flag nor the configuration file sets it.
+pub const DEFAULT_RING_BUFFER_SIZE: &str = "16M";
 
 #[derive(Debug, Args)]
 pub struct VaultArgs {
@@ -159,9 +171,16 @@ pub enum Format {
     Pretty,
 }
 
-#[derive(Debug, Args)]
+/// `auditor watch` flags. Every flag that has a configuration-file key is an `Option` (or a
+/// switch that can only turn something on): flag > file > built-in default, resolved by
+/// [`crate::config::resolve`]. Defaults in `[default: ...]` below are the built-in ones.
+#[derive(Debug, Clone, Default, Args)]
 pub struct WatchArgs {
-    /// Directory tree to watch for log tampering (repeatable). Exec events are global.
+    /// Configuration file [default: /etc/auditor/auditor.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory tree to watch for log tampering (repeatable) [default: /var/log].
+    /// Exec events are global.
     #[arg(long = "path", value_name = "DIR")]
     pub paths: Vec<PathBuf>,
     /// Tamper rules file (TOML, repeatable), checked before the built-in rules; see
@@ -181,7 +200,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "PATH")]
     pub obj: Option<PathBuf>,
     /// Stream events to this vault (https://HOST:PORT; http:// needs --allow-insecure-http).
-    #[arg(long, value_name = "URL", requires = "token")]
+    #[arg(long, value_name = "URL")]
     pub vault: Option<String>,
     /// This host's token from `auditor vault enroll` (or $AUDITOR_TOKEN).
     #[arg(
@@ -191,6 +210,9 @@ pub struct WatchArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Read this host's token from FILE (first line).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Pin the vault's TLS certificate by its SHA-256 fingerprint (printed by `vault serve`).
     #[arg(long, value_name = "SHA256")]
     pub vault_pin: Option<String>,
@@ -200,12 +222,16 @@ pub struct WatchArgs {
     /// Allow a plain http:// vault URL.
     #[arg(long)]
     pub allow_insecure_http: bool,
-    /// Spool directory: every event stays here until the vault acknowledged it.
-    #[arg(long, value_name = "DIR", default_value = crate::sink::vault_client::DEFAULT_SPOOL_DIR)]
-    pub spool: PathBuf,
-    /// Spool size limit (beyond it new events are dropped and counted).
-    #[arg(long, value_name = "SIZE", default_value = "1G")]
-    pub spool_max: String,
+    /// Spool directory: every event stays here until the vault acknowledged it
+    /// [default: /var/lib/auditor/spool].
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Spool size limit (beyond it new events are dropped and counted) [default: 1G].
+    #[arg(long, value_name = "SIZE")]
+    pub spool_max: Option<String>,
+    /// Interval of the heartbeats to the vault [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub heartbeat_interval: Option<String>,
     /// Do not redact passwords, tokens, URL credentials and e-mail addresses in argv
     /// before events leave the host.
     #[arg(long)]
@@ -213,24 +239,35 @@ pub struct WatchArgs {
     /// Name this host reports to the vault [default: the kernel hostname].
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
-    /// Local vault directory used when no remote vault is configured.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_LOCAL_VAULT)]
-    pub vault_dir: PathBuf,
+    /// Local vault directory used when no remote vault is configured
+    /// [default: /var/lib/auditor/vault].
+    #[arg(long, value_name = "DIR")]
+    pub vault_dir: Option<PathBuf>,
     /// Do not keep events in the local vault (stdout/--output only).
     #[arg(long)]
     pub no_local_vault: bool,
     /// Kernel BTF to take struct offsets from [default: /sys/kernel/btf/vmlinux].
     #[arg(long, value_name = "PATH")]
     pub btf: Option<PathBuf>,
-    /// argv capture cap in bytes (1024..=65536).
-    #[arg(long, value_name = "BYTES", default_value_t = limits::ARGV_BYTES_DEFAULT)]
-    pub argv_max_bytes: u32,
-    /// argv capture cap in arguments (1..=1024).
-    #[arg(long, value_name = "N", default_value_t = limits::ARGV_ARGS_DEFAULT)]
-    pub argv_max_args: u32,
-    /// Kernel ring buffer size: a power of two from 64K to 1G (suffixes K, M, G).
-    #[arg(long, value_name = "SIZE", default_value = "16M")]
-    pub ring_buffer_size: String,
+    /// argv capture cap in bytes (1024..=65536) [default: 32768].
+    #[arg(long, value_name = "BYTES")]
+    pub argv_max_bytes: Option<u32>,
+    /// argv capture cap in arguments (1..=1024) [default: 512].
+    #[arg(long, value_name = "N")]
+    pub argv_max_args: Option<u32>,
+    /// Kernel ring buffer size: a power of two from 64K to 1G (suffixes K, M, G) [default: 16M].
+    #[arg(long, value_name = "SIZE")]
+    pub ring_buffer_size: Option<String>,
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9464) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Allow --metrics-listen on a non-loopback address.
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+    /// Where the agent writes its status every second, for `auditor status`
+    /// [default: /run/auditor/status.json].
+    #[arg(long, value_name = "FILE")]
+    pub status_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -287,13 +324,18 @@ pub fn parse_size(s: &str) -> Result<u64, &'static str> {
 impl WatchArgs {
     /// Turns the flags into loader options.
     pub fn load_options(&self) -> Result<LoadOptions, ConfigError> {
-        if !(1024..=limits::ARGV_BYTES_MAX).contains(&self.argv_max_bytes) {
-            return Err(ConfigError::ArgvBytes(self.argv_max_bytes));
+        let argv_bytes = self.argv_max_bytes.unwrap_or(limits::ARGV_BYTES_DEFAULT);
+        let argv_args = self.argv_max_args.unwrap_or(limits::ARGV_ARGS_DEFAULT);
+        if !(1024..=limits::ARGV_BYTES_MAX).contains(&argv_bytes) {
+            return Err(ConfigError::ArgvBytes(argv_bytes));
         }
-        if !(1..=limits::ARGV_ARGS_MAX).contains(&self.argv_max_args) {
-            return Err(ConfigError::ArgvArgs(self.argv_max_args));
+        if !(1..=limits::ARGV_ARGS_MAX).contains(&argv_args) {
+            return Err(ConfigError::ArgvArgs(argv_args));
         }
-        let raw = self.ring_buffer_size.clone();
+        let raw = self
+            .ring_buffer_size
+            .clone()
+            .unwrap_or_else(|| DEFAULT_RING_BUFFER_SIZE.to_owned());
         let ring = parse_size(&raw).map_err(|why| ConfigError::RingSize(raw.clone(), why))?;
         if !ring.is_power_of_two() || !(64 << 10..=1 << 30).contains(&ring) {
             return Err(ConfigError::RingSize(
@@ -313,8 +355,8 @@ impl WatchArgs {
             object: self.obj.clone(),
             ring_bytes: ring as u32,
             settings: Settings {
-                argv_bytes: self.argv_max_bytes,
-                argv_args: self.argv_max_args,
+                argv_bytes,
+                argv_args,
                 ..Settings::DEFAULT
             },
             btf_path: self

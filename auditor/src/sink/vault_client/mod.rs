@@ -149,6 +149,8 @@ pub(crate) struct Shared {
     pub(crate) last_seq: AtomicU64,
     pub(crate) torn_cuts: AtomicU64,
     pub(crate) stats: Mutex<DeliveryStats>,
+    /// Round trip of every acknowledged batch (metrics).
+    pub(crate) rtt: crate::metrics::Histogram,
 }
 
 impl Shared {
@@ -168,6 +170,40 @@ impl Shared {
         }
         self.torn_cuts
             .fetch_add(cuts.len() as u64, Ordering::Relaxed);
+    }
+}
+
+fn stats_of(shared: &Shared) -> DeliveryStats {
+    let mut st = shared.stats().clone();
+    {
+        let sp = shared.spool();
+        st.acked_through = sp.cur.acked_through;
+        st.spooled_events = sp.unacked_events();
+        st.spooled_bytes = sp.total_bytes;
+        st.old_boots_pending = sp.old.len();
+    }
+    st.last_seq = shared.last_seq.load(Ordering::Relaxed);
+    st.spool_dropped = shared.spool_dropped.load(Ordering::Relaxed);
+    st.torn_cuts = shared.torn_cuts.load(Ordering::Relaxed);
+    st
+}
+
+/// Read-only view of a running [`VaultSink`]'s delivery statistics.
+#[derive(Clone)]
+pub struct StatsHandle(Arc<Shared>);
+
+impl StatsHandle {
+    pub fn stats(&self) -> DeliveryStats {
+        stats_of(&self.0)
+    }
+
+    /// Round trips of acknowledged batches so far.
+    pub fn rtt(&self) -> crate::metrics::HistogramSnapshot {
+        self.0.rtt.snapshot()
+    }
+
+    pub fn url(&self) -> &str {
+        &self.0.opts.url
     }
 }
 
@@ -254,6 +290,7 @@ impl VaultSink {
             last_seq: AtomicU64::new(0),
             torn_cuts: AtomicU64::new(0),
             stats: Mutex::new(DeliveryStats::default()),
+            rtt: crate::metrics::Histogram::default(),
         });
         shared.report_cuts(&cuts);
         let (mode_tx, mode_rx) = tokio::sync::watch::channel(Mode::Run);
@@ -271,18 +308,13 @@ impl VaultSink {
     }
 
     pub fn stats(&self) -> DeliveryStats {
-        let mut st = self.shared.stats().clone();
-        {
-            let sp = self.shared.spool();
-            st.acked_through = sp.cur.acked_through;
-            st.spooled_events = sp.unacked_events();
-            st.spooled_bytes = sp.total_bytes;
-            st.old_boots_pending = sp.old.len();
-        }
-        st.last_seq = self.shared.last_seq.load(Ordering::Relaxed);
-        st.spool_dropped = self.shared.spool_dropped.load(Ordering::Relaxed);
-        st.torn_cuts = self.shared.torn_cuts.load(Ordering::Relaxed);
-        st
+        stats_of(&self.shared)
+    }
+
+    /// A handle that reads the statistics from elsewhere (metrics, status file) while the
+    /// sink itself lives on the sink thread.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.shared.clone())
     }
 
     /// Syncs the spool, then tries to deliver everything spooled until `deadline` has

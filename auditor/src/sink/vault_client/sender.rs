@@ -349,6 +349,7 @@ async fn deliver_loop(
                 if conflicts > 0 {
                     tracing::error!(boot_id = %batch.boot_id, conflicts, "the vault already held different events under some of these sequence numbers (kept as replay records): investigate");
                 }
+                shared.rtt.observe(rtt);
                 let mut st = shared.stats();
                 st.batches_acked += 1;
                 st.last_rtt = Some(rtt);
