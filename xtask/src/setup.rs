@@ -107,3 +107,45 @@ pub fn run() -> Result<()> {
     println!("setup complete");
     Ok(())
 }
+
+/// Programs the integration tests drive, and the Debian package of each. Installed only
+/// when missing (`cargo xtask test` calls this).
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("systemd-analyze", "systemd"),
+    ("chattr", "e2fsprogs"),
+    ("useradd", "passwd"),
+    ("su", "util-linux"),
+    ("dmesg", "util-linux"),
+    ("perl", "perl-base"),
+    ("python3", "python3"),
+    ("shred", "coreutils"),
+];
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p)
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|d| d.join(bin).is_file())
+    })
+}
+
+pub fn test_tools() -> Result<()> {
+    let mut missing: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|&(_, pkg)| pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        println!("ok: test tools");
+        return Ok(());
+    }
+    println!("installing test tools: {} (apt)", missing.join(" "));
+    status(Command::new("apt-get").args(["update", "-qq"]))?;
+    status(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+    )
+}

@@ -83,6 +83,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
         )?;
     } else {
         setup::run()?;
+        if is_root() {
+            setup::test_tools()?;
+        }
         println!("== unit tests (unprivileged)");
         ok &= tally.run(
             Command::new("cargo")
