@@ -71,3 +71,48 @@ fn sighup_applies_new_rules_and_refuses_broken_ones() {
     assert_eq!(e["tamper"]["kind"], "site_log_deleted");
     a.stop();
 }
+
+#[test]
+fn sighup_moves_the_watch_to_the_paths_of_the_edited_config_file() {
+    let (old, new) = (TempDir::new("watch-old"), TempDir::new("watch-new"));
+    let cfg_dir = TempDir::new("cfg");
+    let cfg = format!("{}/auditor.toml", cfg_dir.str());
+    std::fs::write(&cfg, format!("paths = [{:?}]\n", old.str())).unwrap();
+    let a = Auditor::start(&["--config", &cfg]);
+    let in_old = format!("{}/before.log", old.str());
+    std::fs::write(&in_old, "x").unwrap();
+    let (pid, _) = run(Command::new("rm").arg(&in_old));
+    a.wait_for("delete in the old tree", Duration::from_secs(20), |e| {
+        e["kind"] == "delete" && e["pid"] == pid && e["path"] == in_old.as_str()
+    });
+
+    std::fs::write(&cfg, format!("paths = [{:?}]\n", new.str())).unwrap();
+    a.signal(libc::SIGHUP);
+    let r = a.wait_for("reload", Duration::from_secs(20), |e| {
+        e["kind"] == "agent_reload"
+    });
+    assert!(r["error"].is_null(), "{r}");
+    assert_eq!(r["watch_paths"], serde_json::json!([new.str()]));
+
+    let (in_old, in_new) = (
+        format!("{}/after.log", old.str()),
+        format!("{}/after.log", new.str()),
+    );
+    std::fs::write(&in_old, "x").unwrap();
+    std::fs::write(&in_new, "x").unwrap();
+    let (old_pid, _) = run(Command::new("rm").arg(&in_old));
+    let (new_pid, _) = run(Command::new("rm").arg(&in_new));
+    let e = a.wait_for("delete in the new tree", Duration::from_secs(20), |e| {
+        e["kind"] == "delete" && e["pid"] == new_pid && e["ret"].is_i64()
+    });
+    assert_eq!(e["path"], in_new);
+    assert_eq!(e["tamper"]["kind"], "log_deleted");
+    // The old tree is no longer watched: its delete (made first) never reached userspace.
+    let (_, events) = a.stop_and_collect();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["kind"] == "delete" && e["pid"] == old_pid),
+        "a delete in the tree no longer watched was reported"
+    );
+}
