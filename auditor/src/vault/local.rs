@@ -42,11 +42,18 @@ impl LocalVault {
     /// Appends one event (written, not yet fsynced: call [`flush`](Self::flush)). Same
     /// rules as the server: a repeated seq is stored once, a skipped one leaves a gap record.
     pub fn append(&mut self, seq: u64, event: &Value) -> Result<(), VaultError> {
-        if seq == 0 {
+        self.append_batch(vec![(seq, event.clone())])
+    }
+
+    /// Appends several events in one write (not synced: see [`LocalVault::flush`]).
+    pub fn append_batch(&mut self, events: Vec<(u64, Value)>) -> Result<(), VaultError> {
+        if events.iter().any(|(seq, _)| *seq == 0) {
             return Err(VaultError::Invalid("seq starts at 1".to_owned()));
         }
-        self.store
-            .ingest(&self.boot_id, vec![(seq, event.clone())], false)?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.store.ingest(&self.boot_id, events, false)?;
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::record::{
     FRAME_HEADER, MAX_BODY, Record, RecordKind, canonical_json, chain_link, commitment, genesis,
-    random_salt,
+    random_salts,
 };
 use super::segment::{self, MAGIC, SEGMENT_TARGET, Tail};
 use super::{VaultError, check_host, hosts_dir, now_ns, record_id, rfc3339_ns};
@@ -348,7 +348,8 @@ impl HostStore {
         let received_at_ns = now_ns();
         let mut head = self.head;
         let mut records = Vec::with_capacity(pending.len());
-        for (i, p) in pending.into_iter().enumerate() {
+        let salts = random_salts(pending.len())?;
+        for ((i, p), salt) in pending.into_iter().enumerate().zip(salts) {
             if p.payload.len() + p.meta.len() + 256 > MAX_BODY {
                 return Err(VaultError::Invalid(format!(
                     "record of {} bytes is larger than the {MAX_BODY}-byte limit",
@@ -356,7 +357,6 @@ impl HostStore {
                 )));
             }
             let index = self.next_index + i as u64;
-            let salt = random_salt()?;
             let c = commitment(&salt, &p.payload);
             let chain = chain_link(&head, index, p.kind, received_at_ns, &p.meta, &c);
             head = chain;
