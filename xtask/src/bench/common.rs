@@ -224,3 +224,18 @@ pub fn peak_rss_kib(pid: u32) -> Result<u64> {
         .and_then(|v| v.parse().ok())
         .context("no VmHWM in /proc/PID/status")
 }
+
+/// The agent's resident memory by kind right now (RssAnon, RssFile, RssShmem), in KiB:
+/// says whether the peak is heap or mapped ring-buffer pages.
+pub fn rss_breakdown(pid: u32) -> Result<Vec<(String, u64)>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    Ok(status
+        .lines()
+        .filter(|l| l.starts_with("Rss"))
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_owned(), v.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect())
+}

@@ -270,7 +270,7 @@ fn all(a: &AllArgs) -> Result<()> {
     } else {
         println!("== time to vault, agent CPU and RSS");
         let secs = if a.quick { 5.0 } else { 10.0 };
-        let mut p = pipeline::run(&bin, &[(200.0, secs), (1600.0, secs)], 4)?;
+        let mut p = pipeline::run(&bin, &[(200.0, secs), (1600.0, secs)], 8)?;
         println!("== vault ingest");
         p.ingest = Some(pipeline::ingest(&bin, if a.quick { 50 } else { 200 }, 500)?);
         Some(p)

@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::common::{
     Proc, TempDir, check_interrupted, cpu_seconds, output, peak_rss_kib, percentile, rfc3339_ns,
-    start_agent,
+    rss_breakdown, start_agent,
 };
 
 pub struct Vault {
@@ -146,6 +146,10 @@ pub struct Phase {
 pub struct PipelineResults {
     pub phases: Vec<Phase>,
     pub peak_rss_mib: f64,
+    /// VmHWM right after the agent attached (before any load), MiB.
+    pub hwm_attached: f64,
+    /// RssAnon/RssFile/RssShmem at the end of the run, MiB.
+    pub rss_now: Vec<(String, f64)>,
     pub ingest: Option<Ingest>,
 }
 
@@ -185,6 +189,8 @@ pub fn run(bin: &Path, phases: &[(f64, f64)], threads: usize) -> Result<Pipeline
         ],
     )?;
     let pid = agent.pid();
+    let hwm_attached = peak_rss_kib(pid)? as f64 / 1024.0;
+    println!("  agent VmHWM once its programs are attached: {hwm_attached:.1} MiB");
     let mut out = Vec::new();
     for (i, &(rate, secs)) in phases.iter().enumerate() {
         let marker = format!("ttv-{i}-{}", std::process::id());
@@ -221,11 +227,21 @@ pub fn run(bin: &Path, phases: &[(f64, f64)], threads: usize) -> Result<Pipeline
         out.push(p);
     }
     let rss = peak_rss_kib(pid)? as f64 / 1024.0;
-    println!("  agent peak RSS (VmHWM) {rss:.1} MiB");
+    let rss_now: Vec<(String, f64)> = rss_breakdown(pid)?
+        .into_iter()
+        .map(|(k, v)| (k, v as f64 / 1024.0))
+        .collect();
+    let shown: Vec<String> = rss_now.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+    println!(
+        "  agent peak RSS (VmHWM) {rss:.1} MiB; at the end (MiB): {}",
+        shown.join(", ")
+    );
     agent.stop(Duration::from_secs(60))?;
     Ok(PipelineResults {
         phases: out,
         peak_rss_mib: rss,
+        hwm_attached,
+        rss_now,
         ingest: None,
     })
 }

@@ -293,14 +293,17 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
             Command::new("perf")
                 .args(["report", "--stdio", "--no-children", "-g", "none", "-i"])
                 .arg(&data)
-                .args(["--percent-limit", "1.5", "--sort", "dso,symbol"]),
+                .args(["--percent-limit", "1.5", "--sort", "comm,dso,symbol"]),
         )?;
         res.profile = rep
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .take(25)
-            .map(|l| l.trim_end().to_owned())
+            .take(30)
+            .map(|l| l.trim_end_matches([' ', '-']).to_owned())
             .collect();
+        for l in &res.profile {
+            println!("    {l}");
+        }
     }
     Ok(res)
 }

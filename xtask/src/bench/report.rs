@@ -272,7 +272,7 @@ pub fn markdown(a: &All) -> String {
             let _ = writeln!(
                 s,
                 "\nWhere the agent spends its time at the first lossy rate (`perf record -g -p AGENT`, \
-                 5 s, self time by DSO and symbol, ≥ 1.5 %):\n\n```\n{}\n```",
+                 5 s, self time by thread, DSO and symbol, ≥ 1.5 %):\n\n```\n{}\n```",
                 r.profile.join("\n")
             );
         }
@@ -303,7 +303,19 @@ pub fn markdown(a: &All) -> String {
                 ph.agent_cpu
             );
         }
-        let _ = writeln!(s, "\nAgent peak RSS: **{:.1} MiB**.", p.peak_rss_mib);
+        let parts: Vec<String> = p
+            .rss_now
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1} MiB"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nAgent peak RSS (VmHWM): **{:.1} MiB** over the whole run; already {:.1} MiB right \
+             after its programs were attached, before any load. Resident at the end: {}.",
+            p.peak_rss_mib,
+            p.hwm_attached,
+            parts.join(", ")
+        );
         if let Some(ph) = p.phases.first() {
             targets.push((
                 "time-to-vault p99 ≤ 50 ms".into(),
