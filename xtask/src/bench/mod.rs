@@ -187,6 +187,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     ring: ring.clone(),
                     threads: *threads,
                     profile: *profile,
+                    refine: 2,
                 },
             )
             .map(|_| ())
@@ -262,6 +263,7 @@ fn all(a: &AllArgs) -> Result<()> {
                 ring: a.ring.clone(),
                 threads: 2,
                 profile: !a.no_profile,
+                refine: if a.quick { 1 } else { 2 },
             },
         )?)
     };

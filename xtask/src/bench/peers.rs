@@ -325,6 +325,9 @@ impl Bpftrace {
 
     /// Stops bpftrace (SIGINT: it flushes); returns (stdout, events it reported lost).
     pub fn finish(mut self) -> Result<(String, u64)> {
+        // Let it drain its perf buffers before SIGINT (events still in them at exit are
+        // dropped without a "Lost" line).
+        std::thread::sleep(Duration::from_secs(1));
         self.proc.stop(Duration::from_secs(60))?;
         let text = std::fs::read_to_string(&self.out)
             .with_context(|| format!("reading {}", self.out.display()))?;
@@ -334,7 +337,7 @@ impl Bpftrace {
             .lines()
             .chain(text.lines())
             .filter_map(|l| {
-                let i = l.find("Lost ")?;
+                let i = l.to_ascii_lowercase().find("lost ")?;
                 l[i + 5..].split_whitespace().next()?.parse::<u64>().ok()
             })
             .sum();

@@ -62,8 +62,12 @@ impl RateResults {
             .filter(|s| s.lossless())
             .max_by(|a, b| a.achieved().total_cmp(&b.achieved()))
     }
+    /// The lowest rate that lost events.
     pub fn first_lossy(&self) -> Option<&Step> {
-        self.steps.iter().find(|s| !s.lossless())
+        self.steps
+            .iter()
+            .filter(|s| !s.lossless())
+            .min_by(|a, b| a.target.total_cmp(&b.target))
     }
 }
 
@@ -236,6 +240,8 @@ pub struct RateOptions {
     pub ring: String,
     pub threads: usize,
     pub profile: bool,
+    /// Bisection steps between the last lossless and the first lossy rate.
+    pub refine: u32,
 }
 
 pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
@@ -259,6 +265,34 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         }
         rate *= o.factor;
     }
+    // Narrow the gap between the last lossless and the first lossy rate.
+    for _ in 0..o.refine {
+        let lo = steps
+            .iter()
+            .filter(|s| s.lossless())
+            .map(|s| s.target)
+            .fold(0.0, f64::max);
+        let hi = steps
+            .iter()
+            .filter(|s| !s.lossless())
+            .map(|s| s.target)
+            .fold(f64::INFINITY, f64::min);
+        if lo <= 0.0 || !hi.is_finite() {
+            break;
+        }
+        let mid = (lo * hi).sqrt();
+        println!("  refining between {lo:.0}/s and {hi:.0}/s");
+        steps.push(step(
+            bin,
+            &tmp.0,
+            &o.ring,
+            mid,
+            o.step_seconds,
+            o.threads,
+            None,
+        )?);
+    }
+    steps.sort_by(|a, b| a.target.total_cmp(&b.target));
     let mut res = RateResults {
         ring: o.ring.clone(),
         threads: o.threads,

@@ -5,7 +5,7 @@
 
 use std::{
     io::Write as _,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
@@ -167,21 +167,17 @@ pub fn file_storm(dir: &Path, count: u32) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// A loopback listener that accepts and closes connections until the process exits.
-pub fn loopback_listener() -> Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    let addr = l.local_addr()?;
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            drop(s);
-        }
-    });
-    Ok(addr)
+/// A listener on 127.0.0.1 for the connect storm.
+pub fn loopback_listener() -> Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")
 }
 
-/// N TCP connects to `addr` (loopback). Each client socket closes with SO_LINGER 0 (RST)
-/// so that tens of thousands of connects leave no TIME_WAIT behind to exhaust ports.
-pub fn connect_storm(addr: SocketAddr, count: u32) -> Result<Duration> {
+/// N TCP connects to `listener` (loopback), each accepted right away by the same thread
+/// (so no accept queue overflows and no SYN waits for a retransmission: that made the
+/// untraced run bimodal, 0.3 s or 5 s) and closed with SO_LINGER 0 (RST), so that tens of
+/// thousands of connects leave no TIME_WAIT behind to exhaust ports.
+pub fn connect_storm(listener: &TcpListener, count: u32) -> Result<Duration> {
+    let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
         bail!("connect storm target {addr} is not loopback");
     }
@@ -191,6 +187,9 @@ pub fn connect_storm(addr: SocketAddr, count: u32) -> Result<Duration> {
             check_interrupted()?;
         }
         let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        let (server_side, _) = listener
+            .accept()
+            .context("accepting on the loopback listener")?;
         let linger = libc::linger {
             l_onoff: 1,
             l_linger: 0,
@@ -205,6 +204,8 @@ pub fn connect_storm(addr: SocketAddr, count: u32) -> Result<Duration> {
                 size_of::<libc::linger>() as libc::socklen_t,
             )
         };
+        drop(s);
+        drop(server_side);
     }
     Ok(start.elapsed())
 }
@@ -213,14 +214,14 @@ struct Env {
     bin: PathBuf,
     root: PathBuf,
     watched: PathBuf,
-    addr: SocketAddr,
+    listener: TcpListener,
     counts: StormCounts,
 }
 
 fn run_storms(env: &Env, marker: &str) -> Result<[Cell; 3]> {
     let e = exec_storm(env.counts.execs, marker)?;
     let f = file_storm(&env.watched, env.counts.files)?;
-    let c = connect_storm(env.addr, env.counts.connects)?;
+    let c = connect_storm(&env.listener, env.counts.connects)?;
     Ok([e, f, c].map(|d| Cell {
         seconds: d.as_secs_f64(),
         captured: None,
@@ -240,6 +241,7 @@ fn count_vault(env: &Env, vault: &Path, marker: &str) -> Result<([u64; 3], u64)>
             ]),
     )?;
     let me = i64::from(std::process::id());
+    let port = u64::from(env.listener.local_addr()?.port());
     let mut n = [0u64; 3];
     let mut lost = 0;
     for line in text.lines() {
@@ -250,8 +252,7 @@ fn count_vault(env: &Env, vault: &Path, marker: &str) -> Result<([u64; 3], u64)>
             Some("exec") if ev["argv"][1] == marker => n[0] += 1,
             Some("delete" | "rename" | "truncate") if ev["pid"].as_i64() == Some(me) => n[1] += 1,
             Some("connect")
-                if ev["pid"].as_i64() == Some(me)
-                    && ev["port"].as_u64() == Some(u64::from(env.addr.port())) =>
+                if ev["pid"].as_i64() == Some(me) && ev["port"].as_u64() == Some(port) =>
             {
                 n[2] += 1
             }
@@ -358,13 +359,13 @@ pub fn run(bin: &Path, counts: StormCounts, rounds: u32) -> Result<StormResults>
         bin: bin.to_path_buf(),
         root: tmp.0.clone(),
         watched,
-        addr: loopback_listener()?,
+        listener: loopback_listener()?,
         counts,
     };
     // Warm caches (binary, dentries, sockets) before the first measured run.
     exec_storm(100, "bench-warmup")?;
     file_storm(&env.watched, 1000)?;
-    connect_storm(env.addr, 500)?;
+    connect_storm(&env.listener, 500)?;
     let mut out = Vec::new();
     for round in 0..rounds {
         let mut cells: [[Cell; 3]; 4] = Default::default();
