@@ -244,8 +244,13 @@ fn all(a: &AllArgs) -> Result<()> {
         None
     } else {
         println!("== storms ({} rounds)", a.rounds);
-        let r = storms::run(&bin, counts, a.rounds)?;
+        let mut r = storms::run(&bin, counts, a.rounds)?;
         print_storms(&r);
+        println!("== kernel time per auditor hook (one untimed pass, bpf_stats on)");
+        r.hooks = storms::hook_costs(&bin, counts)?;
+        for (name, n, ns) in r.hooks.iter().take(12) {
+            println!("  {name:24} {n:>9} runs, {ns:>7.0} ns mean");
+        }
         Some(r)
     };
     let rate = if skip("rate") {
@@ -379,10 +384,6 @@ fn files(count: u32, rounds: u32) -> Result<()> {
 }
 
 /// Starts the auditor writing JSON Lines to `out`; returns once its programs are attached.
-fn start_auditor(bin: &Path, out: &Path) -> Result<Child> {
-    start_auditor_args(bin, out, &[])
-}
-
 fn start_auditor_args(bin: &Path, out: &Path, extra: &[&str]) -> Result<Child> {
     let mut child = Command::new(bin)
         .args(["watch", "--quiet", "--output"])
@@ -423,7 +424,13 @@ fn exec(count: u32, rounds: u32) -> Result<()> {
     for r in 0..rounds {
         let b = exec_storm(count, "bench-baseline")?;
         let out = dir.join(format!("round{r}.jsonl"));
-        let child = start_auditor(&bin, &out)?;
+        // Its own vault, not the machine's /var/lib/auditor/vault.
+        let vault_dir = dir.join(format!("vault{r}"));
+        let child = start_auditor_args(
+            &bin,
+            &out,
+            &["--vault-dir", vault_dir.to_str().context("utf-8 path")?],
+        )?;
         let marker = format!("bench-marker-{r}");
         let w = exec_storm(count, &marker)?;
         stop(child)?;

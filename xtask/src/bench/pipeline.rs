@@ -148,6 +148,8 @@ pub struct PipelineResults {
     pub peak_rss_mib: f64,
     /// VmHWM right after the agent attached (before any load), MiB.
     pub hwm_attached: f64,
+    /// fdatasync latency on the vault's disk: p50, p99, max (ms).
+    pub fsync: (f64, f64, f64),
     /// RssAnon/RssFile/RssShmem at the end of the run, MiB.
     pub rss_now: Vec<(String, f64)>,
     pub ingest: Option<Ingest>,
@@ -167,10 +169,38 @@ impl Ingest {
     }
 }
 
+/// fdatasync latency of a 4 KiB append in `dir` (p50, p99, max in ms, 200 samples): the
+/// vault acknowledges only after an fsync, so this bounds time-to-vault from below.
+pub fn fsync_probe(dir: &Path) -> Result<(f64, f64, f64)> {
+    let path = dir.join("fsync-probe");
+    let mut f =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        f.write_all(&[b'x'; 4096])?;
+        let t = Instant::now();
+        f.sync_data().context("fdatasync")?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = std::fs::remove_file(&path);
+    lat.sort_by(f64::total_cmp);
+    Ok((
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+    ))
+}
+
 /// Time-to-vault and agent cost at each (rate, seconds): the agent streams to the vault
 /// over HTTP on loopback (spool on disk, batches, ack after fsync).
 pub fn run(bin: &Path, phases: &[(f64, f64)], threads: usize) -> Result<PipelineResults> {
     let tmp = TempDir::new("pipeline")?;
+    let fsync = fsync_probe(&tmp.0)?;
+    println!(
+        "  fdatasync of 4 KiB here: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        fsync.0, fsync.1, fsync.2
+    );
     let (vault, token) = serve(bin, &tmp.0, "bench")?;
     let spool = tmp.0.join("spool");
     let url = format!("http://127.0.0.1:{}", vault.port);
@@ -241,6 +271,7 @@ pub fn run(bin: &Path, phases: &[(f64, f64)], threads: usize) -> Result<Pipeline
         phases: out,
         peak_rss_mib: rss,
         hwm_attached,
+        fsync,
         rss_now,
         ingest: None,
     })

@@ -79,26 +79,49 @@ pub struct Round {
 pub struct StormResults {
     pub counts: StormCounts,
     pub rounds: Vec<Round>,
+    /// The untraced run after the last round.
+    pub closing: Option<[Cell; 3]>,
+    /// Kernel time per auditor hook over one untimed pass (see [`hook_costs`]).
+    pub hooks: Vec<(String, u64, f64)>,
 }
 
 impl StormResults {
-    /// Median over rounds of (traced time / untraced time of the same round).
-    pub fn ratio(&self, tool: Tool, storm: usize) -> f64 {
-        let t = tool as usize;
-        let v: Vec<f64> = self
+    /// The untraced time a round's traced runs are compared with: the mean of the
+    /// untraced run that opens the round and the one that opens the next (or the closing
+    /// one), so that slow drifts of the machine's load cancel out.
+    pub fn baseline(&self, round: usize, storm: usize) -> f64 {
+        let first = self.rounds[round].cells[0][storm].seconds;
+        let next = self
             .rounds
-            .iter()
-            .map(|r| r.cells[t][storm].seconds / r.cells[0][storm].seconds)
-            .collect();
-        median(&v)
+            .get(round + 1)
+            .map(|r| r.cells[0][storm].seconds)
+            .or(self.closing.as_ref().map(|c| c[storm].seconds))
+            .unwrap_or(first);
+        (first + next) / 2.0
+    }
+
+    /// Median over rounds of (traced time / bracketing untraced time).
+    pub fn ratio(&self, tool: Tool, storm: usize) -> f64 {
+        median(&self.ratios(tool, storm))
     }
 
     pub fn ratios(&self, tool: Tool, storm: usize) -> Vec<f64> {
         let t = tool as usize;
-        self.rounds
-            .iter()
-            .map(|r| r.cells[t][storm].seconds / r.cells[0][storm].seconds)
+        (0..self.rounds.len())
+            .map(|r| self.rounds[r].cells[t][storm].seconds / self.baseline(r, storm))
             .collect()
+    }
+
+    /// (min, max) of the untraced runs: how noisy the machine was.
+    pub fn untraced_spread(&self, storm: usize) -> (f64, f64) {
+        let v = self
+            .rounds
+            .iter()
+            .map(|r| r.cells[0][storm].seconds)
+            .chain(self.closing.as_ref().map(|c| c[storm].seconds));
+        v.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
+            (lo.min(x), hi.max(x))
+        })
     }
 
     pub fn median_seconds(&self, tool: Tool, storm: usize) -> f64 {
@@ -399,8 +422,126 @@ pub fn run(bin: &Path, counts: StormCounts, rounds: u32) -> Result<StormResults>
         }
         out.push(Round { cells, lost });
     }
+    let closing = run_storms(&env, "bench-closing")?;
+    println!(
+        "closing   none      exec {:.2}s, files {:.2}s, connect {:.2}s",
+        closing[0].seconds, closing[1].seconds, closing[2].seconds
+    );
     Ok(StormResults {
         counts,
         rounds: out,
+        closing: Some(closing),
+        hooks: Vec::new(),
     })
+}
+
+/// Kernel time per hook: one untimed pass of the three storms with auditor running and
+/// `kernel.bpf_stats_enabled` on (restored afterwards), reading `run_cnt`/`run_time_ns`
+/// from the agent's program fds (/proc/PID/fdinfo) and each program's name by its id.
+/// Returns (name, runs, mean ns), costliest in total first.
+pub fn hook_costs(bin: &Path, counts: StormCounts) -> Result<Vec<(String, u64, f64)>> {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let tmp = TempDir::new("hooks")?;
+    let watched = tmp.0.join("watched");
+    std::fs::create_dir_all(&watched)?;
+    let listener = loopback_listener()?;
+    let vault = tmp.0.join("vault");
+    let mut agent = start_agent(
+        bin,
+        &[
+            "--path",
+            watched.to_str().context("UTF-8 path")?,
+            "--vault-dir",
+            vault.to_str().context("UTF-8 path")?,
+        ],
+    )?;
+    let before = std::fs::read_to_string(SYSCTL)
+        .with_context(|| format!("reading {SYSCTL}"))?
+        .trim()
+        .to_owned();
+    std::fs::write(SYSCTL, "1").with_context(|| format!("writing 1 to {SYSCTL}"))?;
+    let run = (|| -> Result<()> {
+        exec_storm(counts.execs, "bench-hooks")?;
+        file_storm(&watched, counts.files)?;
+        connect_storm(&listener, counts.connects)?;
+        Ok(())
+    })();
+    let stats = read_prog_stats(agent.pid());
+    std::fs::write(SYSCTL, &before).with_context(|| format!("restoring {SYSCTL}"))?;
+    agent.stop(Duration::from_secs(120))?;
+    run?;
+    let mut v = stats?;
+    v.sort_by(|a, b| (b.2 * b.1 as f64).total_cmp(&(a.2 * a.1 as f64)));
+    Ok(v)
+}
+
+/// A BPF program's name by id: BPF_PROG_GET_FD_BY_ID, then BPF_OBJ_GET_INFO_BY_FD
+/// (`struct bpf_prog_info.name` is 16 bytes at offset 64). Programs with the same code
+/// share a tag, so the name cannot come from the tag.
+fn prog_name(id: u32) -> Option<String> {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(id);
+    // SAFETY: bpf(2) with a zeroed, large enough attr; the returned fd is closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut info = [0u8; 256];
+    let mut attr = [0u64; 16];
+    attr[0] = (fd as u64) | ((info.len() as u64) << 32); // bpf_fd, info_len
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: bpf(2) writing at most info_len bytes into `info`, which outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(fd as i32) };
+    if r != 0 {
+        return None;
+    }
+    let name = &info[64..80];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+fn read_prog_stats(pid: u32) -> Result<Vec<(String, u64, f64)>> {
+    let mut out = Vec::new();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for e in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(e?.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim_start_matches([':', '\t', ' ']).trim().to_owned())
+        };
+        let (Some(id), Some(cnt), Some(ns)) = (
+            field("prog_id").and_then(|v| v.parse::<u32>().ok()),
+            field("run_cnt").and_then(|v| v.parse::<u64>().ok()),
+            field("run_time_ns").and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        if cnt == 0 {
+            continue;
+        }
+        let name = prog_name(id).unwrap_or_else(|| format!("prog id {id}"));
+        out.push((name, cnt, ns as f64 / cnt as f64));
+    }
+    Ok(out)
 }
