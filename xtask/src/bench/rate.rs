@@ -49,7 +49,8 @@ pub struct RateResults {
     pub ring: String,
     pub threads: usize,
     pub steps: Vec<Step>,
-    pub hold: Option<Step>,
+    /// Long holds at the best step's rate, then lower ones while they lose.
+    pub holds: Vec<Step>,
     /// `perf report` lines for the agent at the first lossy rate.
     pub profile: Vec<String>,
 }
@@ -297,23 +298,25 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         ring: o.ring.clone(),
         threads: o.threads,
         steps,
-        hold: None,
+        holds: Vec::new(),
         profile: Vec::new(),
     };
+    // Hold the best rate for hold_seconds; a short step can hide a slow fill of the ring,
+    // so on loss step down by 0.8 and hold again (at most three holds).
     if o.hold_seconds > 0.0
         && let Some(best) = res.best()
     {
-        let r = best.target;
-        println!("holding {r:.0}/s for {} s", o.hold_seconds);
-        res.hold = Some(step(
-            bin,
-            &tmp.0,
-            &o.ring,
-            r,
-            o.hold_seconds,
-            o.threads,
-            None,
-        )?);
+        let mut r = best.target;
+        for _ in 0..3 {
+            println!("holding {r:.0}/s for {} s", o.hold_seconds);
+            let h = step(bin, &tmp.0, &o.ring, r, o.hold_seconds, o.threads, None)?;
+            let ok = h.lossless();
+            res.holds.push(h);
+            if ok {
+                break;
+            }
+            r *= 0.8;
+        }
     }
     if o.profile && Path::new("/usr/bin/perf").exists() {
         let r = res.first_lossy().map_or_else(
