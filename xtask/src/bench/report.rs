@@ -174,9 +174,9 @@ pub fn markdown(a: &All) -> String {
         }
         let _ = writeln!(
             s,
-            "\nauditd's file count is below the syscall count because its `-F dir=` rule matches \
-             by the inodes a syscall looked up, and `ftruncate(fd)` looks none up: it never \
-             matches a directory rule (a known limit of path-based audit rules)."
+            "\nWhen auditd's file count is short by exactly the number of iterations, the missing \
+             records are the `ftruncate` calls: `ftruncate(fd)` looks no path up, and a \
+             `-F dir=` rule matches on the inodes a syscall looked up by name."
         );
         if !st.hooks.is_empty() {
             let _ = writeln!(
@@ -184,7 +184,9 @@ pub fn markdown(a: &All) -> String {
                 "\nWhere auditor's in-kernel time goes: one more, untimed pass of the three storms \
                  with auditor running and `kernel.bpf_stats_enabled=1` (restored afterwards); \
                  `run_cnt`/`run_time_ns` of each of its programs (from /proc/PID/fdinfo; names \
-                 from `BPF_OBJ_GET_INFO_BY_FD`, cut at 15 characters by the kernel). Runs include every other process's calls of the same \
+                 from `BPF_OBJ_GET_INFO_BY_FD`, cut at 15 characters by the kernel, so `sys_enter_unlin` is `unlink` or `unlinkat` and \
+                 `sys_enter_renam` any of the renames: the rows with few runs are the variants the \
+                 storms do not use). Runs include every other process's calls of the same \
                  syscalls during the pass.\n\n| program | runs | mean | total |\n|---|---|---|---|"
             );
             for (name, n, ns) in &st.hooks {
@@ -331,15 +333,24 @@ pub fn markdown(a: &All) -> String {
                 ph.agent_cpu
             );
         }
+        let first = p.phases.first().cloned().unwrap_or_default();
         let _ = writeln!(
             s,
             "\nThe disk under the vault, measured just before (200 × append 4 KiB + \
-             `fdatasync`): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms. The vault stores a batch \
-             (`received_at`) only in order after the previous batch's fsync, and the agent's \
-             sink thread `fdatasync`s its spool whenever its queue is momentarily empty \
-             (docs/DELIVERY.md), so a disk whose flush p99 is in the hundreds of ms puts \
-             that into the time-to-vault tail.",
-            p.fsync.0, p.fsync.1, p.fsync.2
+             `fdatasync`): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms. The agent's sink thread \
+             `fdatasync`s its spool whenever its queue is momentarily empty (docs/DELIVERY.md) \
+             and the vault fsyncs each batch before taking the next, so one flush stall \
+             delays every event captured while it lasts: at {:.0} events/s a single {:.0} ms \
+             stall holds back {:.0} events, {:.1} % of a {:.0} s sample — enough to set the \
+             p99 even when the disk's own p99 is small.",
+            p.fsync.0,
+            p.fsync.1,
+            p.fsync.2,
+            first.rate,
+            p.fsync.2,
+            p.fsync.2 / 1e3 * first.rate,
+            p.fsync.2 / 1e3 / first.seconds * 100.0,
+            first.seconds
         );
         if let Some(ph) = p.phases.last()
             && p.phases.len() > 1
