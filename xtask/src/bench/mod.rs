@@ -1,6 +1,16 @@
 //! Benchmarks. Figures are ratios measured side by side in one run, rounds interleaved
-//! (baseline, auditor, baseline, auditor, ...), medians reported: these machines are
-//! shared and noisy, so absolute times mean little.
+//! (baseline, auditor, auditd, bpftrace, baseline, ...), medians reported: these machines
+//! are shared and noisy, so absolute times mean little.
+//!
+//! `cargo xtask bench` (= `bench all`) runs everything and rewrites docs/BENCHMARKS.md and
+//! docs/bench-slowdown.svg; the other subcommands run one part and print it.
+
+mod common;
+mod peers;
+mod pipeline;
+mod rate;
+mod report;
+mod storms;
 
 use std::{
     io::{BufRead, BufReader},
@@ -12,16 +22,85 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
-use crate::build::{self, is_root};
+use crate::build::{self, is_root, workspace_root};
+use common::{median, output, percentile, rfc3339_ns};
 
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
-    which: Which,
+    which: Option<Which>,
+}
+
+#[derive(Args, Clone)]
+struct AllArgs {
+    /// Interleaved rounds of the storms (medians need at least 3).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Smaller storms and shorter rate steps, no 60 s hold: a few minutes in all.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds of each step of the max-rate search.
+    #[arg(long)]
+    step_seconds: Option<f64>,
+    /// Seconds to hold the best zero-loss rate (0: skip).
+    #[arg(long)]
+    hold_seconds: Option<f64>,
+    /// First rate of the max-rate search (events/s); each step multiplies it by 1.5.
+    #[arg(long, default_value_t = 10000.0)]
+    start_rate: f64,
+    /// `--ring-buffer-size` of the agent in the max-rate search.
+    #[arg(long, default_value = "16M")]
+    ring: String,
+    /// Skip parts: storms, rate, pipeline (repeatable).
+    #[arg(long = "skip", value_name = "PART")]
+    skip: Vec<String>,
+    /// Do not profile the agent with perf at the first lossy rate.
+    #[arg(long)]
+    no_profile: bool,
+    /// Print results only; leave docs/ untouched.
+    #[arg(long)]
+    no_docs: bool,
 }
 
 #[derive(Subcommand)]
 enum Which {
+    /// Everything below, then rewrite docs/BENCHMARKS.md and the plot (the default).
+    All(AllArgs),
+    /// Exec, file and connect storms with no tracer, auditor, auditd and bpftrace,
+    /// interleaved; slowdown medians and loss per tool.
+    Storms {
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value_t = 2000)]
+        execs: u32,
+        #[arg(long, default_value_t = 20000)]
+        files: u32,
+        #[arg(long, default_value_t = 5000)]
+        connects: u32,
+    },
+    /// Step the connect-event rate up until the first loss through kernel -> agent -> vault.
+    MaxRate {
+        #[arg(long, default_value_t = 10000.0)]
+        start: f64,
+        #[arg(long, default_value_t = 10.0)]
+        step_seconds: f64,
+        #[arg(long, default_value_t = 0.0)]
+        hold_seconds: f64,
+        #[arg(long, default_value = "16M")]
+        ring: String,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// perf-profile the agent at the first lossy rate.
+        #[arg(long)]
+        profile: bool,
+    },
+    /// Vault ingest rate: batches POSTed directly to `vault serve` (chained, fsynced).
+    Ingest {
+        #[arg(long, default_value_t = 200)]
+        batches: u64,
+        #[arg(long, default_value_t = 500)]
+        batch: u64,
+    },
     /// N execs of /bin/true with and without the auditor running.
     Exec {
         #[arg(long, default_value_t = 2000)]
@@ -55,15 +134,177 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !is_root() {
         bail!("benchmarks load eBPF programs and need root");
     }
-    match args.which {
-        Which::Exec { count, rounds } => exec(count, rounds),
-        Which::Files { count, rounds } => files(count, rounds),
-        Which::Vault {
+    common::catch_ctrl_c();
+    let default = Which::All(AllArgs {
+        rounds: 3,
+        quick: false,
+        step_seconds: None,
+        hold_seconds: None,
+        start_rate: 10000.0,
+        ring: "16M".into(),
+        skip: Vec::new(),
+        no_profile: false,
+        no_docs: false,
+    });
+    match args.which.as_ref().unwrap_or(&default) {
+        Which::All(a) => all(a),
+        &Which::Storms {
+            rounds,
+            execs,
+            files,
+            connects,
+        } => {
+            let bin = build::build_auditor(true)?;
+            let r = storms::run(
+                &bin,
+                storms::StormCounts {
+                    execs,
+                    files,
+                    connects,
+                },
+                rounds,
+            )?;
+            print_storms(&r);
+            Ok(())
+        }
+        Which::MaxRate {
+            start,
+            step_seconds,
+            hold_seconds,
+            ring,
+            threads,
+            profile,
+        } => {
+            let bin = build::build_auditor(true)?;
+            rate::run(
+                &bin,
+                &rate::RateOptions {
+                    start: *start,
+                    factor: 1.5,
+                    max: 2_000_000.0,
+                    step_seconds: *step_seconds,
+                    hold_seconds: *hold_seconds,
+                    ring: ring.clone(),
+                    threads: *threads,
+                    profile: *profile,
+                    refine: 2,
+                },
+            )
+            .map(|_| ())
+        }
+        &Which::Ingest { batches, batch } => {
+            let bin = build::build_auditor(true)?;
+            pipeline::ingest(&bin, batches, batch).map(|_| ())
+        }
+        &Which::Exec { count, rounds } => exec(count, rounds),
+        &Which::Files { count, rounds } => files(count, rounds),
+        &Which::Vault {
             rate,
             seconds,
             burst,
         } => vault(rate, seconds, burst),
     }
+}
+
+fn print_storms(r: &storms::StormResults) {
+    for (i, name) in storms::STORMS.iter().enumerate() {
+        let per: Vec<String> = storms::Tool::TRACERS
+            .iter()
+            .map(|&t| {
+                let (n, e) = r.captured(t, i);
+                format!("{} {:.3}x ({n}/{e})", t.name(), r.ratio(t, i))
+            })
+            .collect();
+        println!("{name:8} median slowdown: {}", per.join(", "));
+    }
+    for t in storms::Tool::TRACERS {
+        println!("{:9} loss reported: {}", t.name(), r.lost(t));
+    }
+}
+
+fn all(a: &AllArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let skip = |p: &str| a.skip.iter().any(|s| s == p);
+    let bin = build::build_auditor(true)?;
+    let counts = if a.quick {
+        storms::StormCounts {
+            execs: 500,
+            files: 5000,
+            connects: 1500,
+        }
+    } else {
+        storms::StormCounts {
+            execs: 2000,
+            files: 20000,
+            connects: 5000,
+        }
+    };
+    let storms = if skip("storms") {
+        None
+    } else {
+        println!("== storms ({} rounds)", a.rounds);
+        let mut r = storms::run(&bin, counts, a.rounds)?;
+        print_storms(&r);
+        println!("== kernel time per auditor hook (one untimed pass, bpf_stats on)");
+        r.hooks = storms::hook_costs(&bin, counts)?;
+        for (name, n, ns) in r.hooks.iter().take(12) {
+            println!("  {name:24} {n:>9} runs, {ns:>7.0} ns mean");
+        }
+        Some(r)
+    };
+    let rate = if skip("rate") {
+        None
+    } else {
+        println!("== max zero-loss rate");
+        Some(rate::run(
+            &bin,
+            &rate::RateOptions {
+                start: a.start_rate,
+                factor: 1.5,
+                max: 2_000_000.0,
+                step_seconds: a.step_seconds.unwrap_or(if a.quick { 4.0 } else { 10.0 }),
+                hold_seconds: a.hold_seconds.unwrap_or(if a.quick { 0.0 } else { 60.0 }),
+                ring: a.ring.clone(),
+                threads: 2,
+                profile: !a.no_profile,
+                refine: if a.quick { 1 } else { 2 },
+            },
+        )?)
+    };
+    let pipeline = if skip("pipeline") {
+        None
+    } else {
+        println!("== time to vault, agent CPU and RSS");
+        let secs = if a.quick { 5.0 } else { 10.0 };
+        let mut p = pipeline::run(&bin, &[(200.0, secs), (1600.0, secs)], 8)?;
+        println!("== vault ingest");
+        p.ingest = Some(pipeline::ingest(&bin, if a.quick { 50 } else { 200 }, 500)?);
+        Some(p)
+    };
+    let minutes = t0.elapsed().as_secs_f64() / 60.0;
+    let mut command = String::from("cargo xtask bench all");
+    if a.quick {
+        command += " --quick";
+    }
+    if a.rounds != 3 {
+        command += &format!(" --rounds {}", a.rounds);
+    }
+    let res = report::All {
+        storms,
+        rate,
+        pipeline,
+        command,
+        started,
+        minutes,
+    };
+    if a.no_docs {
+        print!("{}", report::markdown(&res));
+    } else {
+        report::write(&res, &workspace_root().join("docs"))?;
+    }
+    println!("done in {minutes:.1} min");
+    Ok(())
 }
 
 fn exec_storm(count: u32, marker: &str) -> Result<Duration> {
@@ -130,7 +371,9 @@ fn files(count: u32, rounds: u32) -> Result<()> {
             v.push(x);
         }
     }
-    let ratio = |w: &Vec<f64>, b: &Vec<f64>| median(w.iter().zip(b).map(|(w, b)| w / b).collect());
+    let ratio = |w: &Vec<f64>, b: &Vec<f64>| {
+        median(&w.iter().zip(b).map(|(w, b)| w / b).collect::<Vec<_>>())
+    };
     println!(
         "file storm ({count} x create+O_TRUNC, rename, unlink; {rounds} interleaved rounds): median slowdown outside watched trees {:.3}x, inside {:.3}x",
         ratio(&r[1], &r[0]),
@@ -141,10 +384,6 @@ fn files(count: u32, rounds: u32) -> Result<()> {
 }
 
 /// Starts the auditor writing JSON Lines to `out`; returns once its programs are attached.
-fn start_auditor(bin: &Path, out: &Path) -> Result<Child> {
-    start_auditor_args(bin, out, &[])
-}
-
 fn start_auditor_args(bin: &Path, out: &Path, extra: &[&str]) -> Result<Child> {
     let mut child = Command::new(bin)
         .args(["watch", "--quiet", "--output"])
@@ -174,11 +413,6 @@ fn stop(mut child: Child) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn exec(count: u32, rounds: u32) -> Result<()> {
     let bin = build::build_auditor(true)?;
     let dir = std::env::temp_dir().join(format!("auditor-bench-{}", std::process::id()));
@@ -190,7 +424,13 @@ fn exec(count: u32, rounds: u32) -> Result<()> {
     for r in 0..rounds {
         let b = exec_storm(count, "bench-baseline")?;
         let out = dir.join(format!("round{r}.jsonl"));
-        let child = start_auditor(&bin, &out)?;
+        // Its own vault, not the machine's /var/lib/auditor/vault.
+        let vault_dir = dir.join(format!("vault{r}"));
+        let child = start_auditor_args(
+            &bin,
+            &out,
+            &["--vault-dir", vault_dir.to_str().context("utf-8 path")?],
+        )?;
         let marker = format!("bench-marker-{r}");
         let w = exec_storm(count, &marker)?;
         stop(child)?;
@@ -215,25 +455,12 @@ fn exec(count: u32, rounds: u32) -> Result<()> {
     println!(
         "exec storm ({count} x /bin/true, {rounds} interleaved rounds): median slowdown {:.3}x \
          (median baseline {:.3}s, with auditor {:.3}s); every exec captured: {captured_all}",
-        median(ratios),
-        median(base),
-        median(with)
+        median(&ratios),
+        median(&base),
+        median(&with)
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !o.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-fn rfc3339_ns(s: &str) -> Option<i128> {
-    let t = humantime::parse_rfc3339(s).ok()?;
-    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as i128)
 }
 
 /// (capture time, vault receive time) in ns for every stored exec whose argv has `marker`.
@@ -259,14 +486,6 @@ fn vault_times(bin: &Path, data: &Path, marker: &str) -> Result<Vec<(i128, i128)
         }
     }
     Ok(out)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn vault(rate: u32, seconds: u32, burst: u32) -> Result<()> {

@@ -1,0 +1,241 @@
+//! Helpers shared by the benchmarks: child processes that are always cleaned up, Ctrl-C
+//! that unwinds through those guards, medians, percentiles, /proc readings.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C sets a flag instead of killing us, so the guards below can remove audit rules
+/// and stop auditd/bpftrace/the agent on the way out. The children run in their own
+/// process groups, so the terminal's SIGINT reaches only us.
+pub fn catch_ctrl_c() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+}
+
+/// Fails once Ctrl-C was pressed; storms call it in their loops.
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted (Ctrl-C): cleaning up");
+    }
+    Ok(())
+}
+
+/// A child process stopped (signal, then wait; SIGKILL after a grace period) when the
+/// guard is dropped, on every path out, errors included.
+pub struct Proc {
+    pub child: Option<Child>,
+    name: &'static str,
+    signal: i32,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, cmd: &mut Command, signal: i32) -> Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {name} ({cmd:?})"))?;
+        Ok(Self {
+            child: Some(child),
+            name,
+            signal,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Signals the child and waits for it (up to `grace`, then SIGKILL).
+    pub fn stop(&mut self, grace: Duration) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        unsafe { libc::kill(child.id() as i32, self.signal) };
+        let deadline = Instant::now() + grace;
+        loop {
+            if child
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.name))?
+                .is_some()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                eprintln!("{} did not stop within {grace:?}: killing it", self.name);
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop(Duration::from_secs(60)) {
+            eprintln!("stopping {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// Starts `auditor watch --quiet` with `args`; returns once its programs are attached.
+pub fn start_agent(bin: &Path, args: &[&str]) -> Result<Proc> {
+    let mut p = Proc::spawn(
+        "auditor watch",
+        Command::new(bin)
+            .args(["watch", "--quiet"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+        libc::SIGTERM,
+    )?;
+    let stderr = p
+        .child
+        .as_mut()
+        .and_then(|c| c.stderr.take())
+        .context("auditor stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut last = Vec::new();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("tracepoints attached") => break,
+            Some(Ok(l)) => last.push(l),
+            _ => bail!(
+                "auditor watch exited before attaching its programs: {}",
+                last.join(" | ")
+            ),
+        }
+    }
+    // Keep draining stderr so the child never blocks on it; show warnings about loss.
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if l.contains("ERROR") {
+                eprintln!("  auditor: {l}");
+            }
+        }
+    });
+    Ok(p)
+}
+
+/// Runs a command, returns its stdout; fails with its stderr.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !o.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn rfc3339_ns(s: &str) -> Option<i128> {
+    let t = humantime::parse_rfc3339(s).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as i128)
+}
+
+/// A scratch directory under the temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Result<Self> {
+        let p = std::env::temp_dir().join(format!("auditor-bench-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// CPU time (user + system) of a process so far, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/PID/stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime 15.
+    let tick = |i: usize| -> Result<f64> {
+        f.get(i)
+            .context("short /proc/PID/stat")?
+            .parse::<f64>()
+            .context("non-numeric /proc/PID/stat field")
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((tick(11)? + tick(12)?) / hz)
+}
+
+/// Peak resident set size (VmHWM) in KiB.
+pub fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmHWM in /proc/PID/status")
+}
+
+/// The agent's resident memory by kind right now (RssAnon, RssFile, RssShmem), in KiB:
+/// says whether the peak is heap or mapped ring-buffer pages.
+pub fn rss_breakdown(pid: u32) -> Result<Vec<(String, u64)>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    Ok(status
+        .lines()
+        .filter(|l| l.starts_with("Rss"))
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_owned(), v.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect())
+}

@@ -1,0 +1,346 @@
+//! Maximum sustained event rate with zero loss through kernel -> agent -> vault: a
+//! paced generator of `connect(2)` calls (UDP sockets to 127.0.0.1:9, which send nothing
+//! and need no listener; each call is one `connect` event), stepped up until the first
+//! loss (a `loss` record or an event missing from the vault).
+
+use std::{
+    path::Path,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::common::{Proc, TempDir, check_interrupted, cpu_seconds, output, start_agent};
+
+pub const PORT: u16 = 9;
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub target: f64,
+    pub seconds: f64,
+    /// connect(2) calls made.
+    pub generated: u64,
+    /// connect events from the generator found in the vault.
+    pub in_vault: u64,
+    /// Records the agent reported lost (`loss` events, any process).
+    pub loss_records: u64,
+    /// Agent CPU over the generation window, % of one core.
+    pub agent_cpu: f64,
+}
+
+impl Step {
+    pub fn achieved(&self) -> f64 {
+        self.generated as f64 / self.seconds
+    }
+    pub fn missing(&self) -> u64 {
+        self.generated.saturating_sub(self.in_vault)
+    }
+    pub fn lossless(&self) -> bool {
+        self.missing() == 0 && self.loss_records == 0
+    }
+}
+
+pub struct RateResults {
+    pub ring: String,
+    pub threads: usize,
+    pub steps: Vec<Step>,
+    /// Long holds at the best step's rate, then lower ones while they lose.
+    pub holds: Vec<Step>,
+    /// `perf report` lines for the agent at the first lossy rate.
+    pub profile: Vec<String>,
+}
+
+impl RateResults {
+    /// The highest step with zero loss that the generator actually reached (≥ 95 %).
+    pub fn best(&self) -> Option<&Step> {
+        self.steps
+            .iter()
+            .filter(|s| s.lossless())
+            .max_by(|a, b| a.achieved().total_cmp(&b.achieved()))
+    }
+    /// The lowest rate that lost events.
+    pub fn first_lossy(&self) -> Option<&Step> {
+        self.steps
+            .iter()
+            .filter(|s| !s.lossless())
+            .min_by(|a, b| a.target.total_cmp(&b.target))
+    }
+}
+
+/// Makes `rate` connect(2) calls per second for `secs` on `threads` threads; returns the
+/// number made.
+fn generate(rate: f64, secs: f64, threads: usize) -> Result<u64> {
+    let total = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let per = rate / threads as f64;
+    let start = Instant::now();
+    let end = Duration::from_secs_f64(secs);
+    let mut hs = Vec::new();
+    for _ in 0..threads {
+        let (total, failed) = (total.clone(), failed.clone());
+        hs.push(std::thread::spawn(move || {
+            // SAFETY: plain socket(2); the fd is closed below.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+            if fd < 0 {
+                failed.store(true, Ordering::SeqCst);
+                return;
+            }
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: PORT.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let mut done = 0u64;
+            loop {
+                let el = start.elapsed();
+                if el >= end {
+                    break;
+                }
+                let due = (el.as_secs_f64() * per) as u64;
+                if done >= due {
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                for _ in 0..(due - done).min(2000) {
+                    // SAFETY: connect(2) on our UDP socket with a valid sockaddr_in.
+                    let r = unsafe {
+                        libc::connect(
+                            fd,
+                            (&raw const sa).cast(),
+                            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                        )
+                    };
+                    if r != 0 {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    done += 1;
+                }
+            }
+            // SAFETY: closing the socket opened above.
+            unsafe { libc::close(fd) };
+            total.fetch_add(done, Ordering::SeqCst);
+        }));
+    }
+    for h in hs {
+        let _ = h.join();
+    }
+    if failed.load(Ordering::SeqCst) {
+        bail!("the UDP connect generator failed (socket or connect to 127.0.0.1:{PORT})");
+    }
+    Ok(total.load(Ordering::SeqCst))
+}
+
+/// Counts the generator's connect events and the loss records in a stopped agent's vault.
+fn count(bin: &Path, vault: &Path) -> Result<(u64, u64)> {
+    let text = output(
+        Command::new(bin)
+            .args(["vault", "query", "--data"])
+            .arg(vault)
+            .args(["--kind", "connect", "--kind", "loss"]),
+    )?;
+    let (pid, port) = (
+        format!("\"pid\":{},", std::process::id()),
+        format!("\"port\":{PORT},"),
+    );
+    let (mut n, mut lost) = (0, 0);
+    for l in text.lines() {
+        if l.contains("\"kind\":\"connect\"") {
+            if l.contains(&pid) && l.contains(&port) {
+                n += 1;
+            }
+        } else if l.contains("\"kind\":\"loss\"") {
+            let v: serde_json::Value = serde_json::from_str(l).context("loss record")?;
+            lost += v["payload"]["records"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok((n, lost))
+}
+
+fn step(
+    bin: &Path,
+    tmp: &Path,
+    ring: &str,
+    rate: f64,
+    secs: f64,
+    threads: usize,
+    perf_out: Option<&Path>,
+) -> Result<Step> {
+    check_interrupted()?;
+    let vault = tmp.join("vault");
+    let _ = std::fs::remove_dir_all(&vault);
+    let mut agent = start_agent(
+        bin,
+        &[
+            "--ring-buffer-size",
+            ring,
+            "--vault-dir",
+            vault.to_str().context("UTF-8 path")?,
+        ],
+    )?;
+    let pid = agent.pid();
+    let perf = match perf_out {
+        Some(out) => Some(Proc::spawn(
+            "perf record",
+            Command::new("perf")
+                .args(["record", "-g", "-F", "999", "-o"])
+                .arg(out)
+                .args(["-p", &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+            libc::SIGINT,
+        )?),
+        None => None,
+    };
+    let cpu0 = cpu_seconds(pid)?;
+    let t0 = Instant::now();
+    let generated = generate(rate, secs, threads)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid)? - cpu0;
+    if let Some(mut p) = perf {
+        p.stop(Duration::from_secs(30))?;
+    }
+    agent.stop(Duration::from_secs(300))?;
+    let (in_vault, loss_records) = count(bin, &vault)?;
+    let _ = std::fs::remove_dir_all(&vault);
+    let s = Step {
+        target: rate,
+        seconds,
+        generated,
+        in_vault,
+        loss_records,
+        agent_cpu: 100.0 * cpu / seconds,
+    };
+    println!(
+        "  target {:>7.0}/s: generated {} in {:.1}s = {:.0}/s, in vault {}, missing {}, loss records {}, agent CPU {:.0}%",
+        rate,
+        s.generated,
+        s.seconds,
+        s.achieved(),
+        s.in_vault,
+        s.missing(),
+        s.loss_records,
+        s.agent_cpu
+    );
+    Ok(s)
+}
+
+pub struct RateOptions {
+    pub start: f64,
+    pub factor: f64,
+    pub max: f64,
+    pub step_seconds: f64,
+    pub hold_seconds: f64,
+    pub ring: String,
+    pub threads: usize,
+    pub profile: bool,
+    /// Bisection steps between the last lossless and the first lossy rate.
+    pub refine: u32,
+}
+
+pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
+    let tmp = TempDir::new("rate")?;
+    println!(
+        "max zero-loss rate: connect events, {} s steps from {:.0}/s x{}, ring {}",
+        o.step_seconds, o.start, o.factor, o.ring
+    );
+    let mut steps = Vec::new();
+    let mut rate = o.start;
+    loop {
+        let s = step(bin, &tmp.0, &o.ring, rate, o.step_seconds, o.threads, None)?;
+        let lossless = s.lossless();
+        let generator_bound = s.achieved() < 0.95 * rate;
+        steps.push(s);
+        if !lossless || generator_bound || rate * o.factor > o.max {
+            if generator_bound && lossless {
+                println!("  the generator fell short of its target: stopping here");
+            }
+            break;
+        }
+        rate *= o.factor;
+    }
+    // Narrow the gap between the last lossless and the first lossy rate.
+    for _ in 0..o.refine {
+        let lo = steps
+            .iter()
+            .filter(|s| s.lossless())
+            .map(|s| s.target)
+            .fold(0.0, f64::max);
+        let hi = steps
+            .iter()
+            .filter(|s| !s.lossless())
+            .map(|s| s.target)
+            .fold(f64::INFINITY, f64::min);
+        if lo <= 0.0 || !hi.is_finite() {
+            break;
+        }
+        let mid = (lo * hi).sqrt();
+        println!("  refining between {lo:.0}/s and {hi:.0}/s");
+        steps.push(step(
+            bin,
+            &tmp.0,
+            &o.ring,
+            mid,
+            o.step_seconds,
+            o.threads,
+            None,
+        )?);
+    }
+    steps.sort_by(|a, b| a.target.total_cmp(&b.target));
+    let mut res = RateResults {
+        ring: o.ring.clone(),
+        threads: o.threads,
+        steps,
+        holds: Vec::new(),
+        profile: Vec::new(),
+    };
+    // Hold the best rate for hold_seconds; a short step can hide a slow fill of the ring,
+    // so on loss step down by 0.8 and hold again (at most three holds).
+    if o.hold_seconds > 0.0
+        && let Some(best) = res.best()
+    {
+        let mut r = best.target;
+        for _ in 0..3 {
+            println!("holding {r:.0}/s for {} s", o.hold_seconds);
+            let h = step(bin, &tmp.0, &o.ring, r, o.hold_seconds, o.threads, None)?;
+            let ok = h.lossless();
+            res.holds.push(h);
+            if ok {
+                break;
+            }
+            r *= 0.8;
+        }
+    }
+    if o.profile && Path::new("/usr/bin/perf").exists() {
+        let r = res.first_lossy().map_or_else(
+            || res.steps.last().map_or(o.start, |s| s.target),
+            |s| s.target,
+        );
+        let data = tmp.0.join("perf.data");
+        println!("profiling the agent at {r:.0}/s (perf record -g, not counted above)");
+        step(bin, &tmp.0, &o.ring, r, 5.0, o.threads, Some(&data))?;
+        let rep = output(
+            Command::new("perf")
+                .args(["report", "--stdio", "--no-children", "-g", "none", "-i"])
+                .arg(&data)
+                .args(["--percent-limit", "1.5", "--sort", "comm,dso,symbol"]),
+        )?;
+        res.profile = rep
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .take(30)
+            .map(|l| l.trim_end_matches([' ', '-']).to_owned())
+            .collect();
+        for l in &res.profile {
+            println!("    {l}");
+        }
+    }
+    Ok(res)
+}

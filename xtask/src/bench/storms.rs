@@ -1,0 +1,547 @@
+//! The three storms, each run with no tracer, with auditor (every event into a local
+//! vault), with auditd holding equivalent rules and with a bpftrace script printing the
+//! same syscalls. Rounds are interleaved (none, auditor, auditd, bpftrace, none, ...) and
+//! ratios are taken within a round against that round's untraced run.
+
+use std::{
+    io::Write as _,
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    common::{TempDir, check_interrupted, median, output, start_agent},
+    peers::{Auditd, Bpftrace, ensure_auditd, ensure_bpftrace},
+};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Tool {
+    None,
+    Auditor,
+    Auditd,
+    Bpftrace,
+}
+
+impl Tool {
+    pub const ALL: [Tool; 4] = [Tool::None, Tool::Auditor, Tool::Auditd, Tool::Bpftrace];
+    pub const TRACERS: [Tool; 3] = [Tool::Auditor, Tool::Auditd, Tool::Bpftrace];
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::None => "none",
+            Tool::Auditor => "auditor",
+            Tool::Auditd => "auditd",
+            Tool::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+pub const STORMS: [&str; 3] = ["exec", "files", "connect"];
+
+#[derive(Clone, Copy)]
+pub struct StormCounts {
+    pub execs: u32,
+    pub files: u32,
+    pub connects: u32,
+}
+
+impl StormCounts {
+    /// Events each storm should produce for a tracer that sees every hooked syscall.
+    pub fn expected(&self) -> [u64; 3] {
+        [
+            u64::from(self.execs),
+            4 * u64::from(self.files),
+            u64::from(self.connects),
+        ]
+    }
+}
+
+/// One tool's result for one storm in one round.
+#[derive(Clone, Default)]
+pub struct Cell {
+    pub seconds: f64,
+    /// Events the tool recorded for this storm (None for the untraced run).
+    pub captured: Option<u64>,
+}
+
+pub struct Round {
+    /// [tool][storm]
+    pub cells: [[Cell; 3]; 4],
+    /// Loss the tool reported over the whole round (auditor loss records, auditd `lost`,
+    /// bpftrace "Lost N events").
+    pub lost: [u64; 4],
+}
+
+pub struct StormResults {
+    pub counts: StormCounts,
+    pub rounds: Vec<Round>,
+    /// The untraced run after the last round.
+    pub closing: Option<[Cell; 3]>,
+    /// Kernel time per auditor hook over one untimed pass (see [`hook_costs`]).
+    pub hooks: Vec<(String, u64, f64)>,
+}
+
+impl StormResults {
+    /// The untraced time a round's traced runs are compared with: the mean of the
+    /// untraced run that opens the round and the one that opens the next (or the closing
+    /// one), so that slow drifts of the machine's load cancel out.
+    pub fn baseline(&self, round: usize, storm: usize) -> f64 {
+        let first = self.rounds[round].cells[0][storm].seconds;
+        let next = self
+            .rounds
+            .get(round + 1)
+            .map(|r| r.cells[0][storm].seconds)
+            .or(self.closing.as_ref().map(|c| c[storm].seconds))
+            .unwrap_or(first);
+        (first + next) / 2.0
+    }
+
+    /// Median over rounds of (traced time / bracketing untraced time).
+    pub fn ratio(&self, tool: Tool, storm: usize) -> f64 {
+        median(&self.ratios(tool, storm))
+    }
+
+    pub fn ratios(&self, tool: Tool, storm: usize) -> Vec<f64> {
+        let t = tool as usize;
+        (0..self.rounds.len())
+            .map(|r| self.rounds[r].cells[t][storm].seconds / self.baseline(r, storm))
+            .collect()
+    }
+
+    /// (min, max) of the untraced runs: how noisy the machine was.
+    pub fn untraced_spread(&self, storm: usize) -> (f64, f64) {
+        let v = self
+            .rounds
+            .iter()
+            .map(|r| r.cells[0][storm].seconds)
+            .chain(self.closing.as_ref().map(|c| c[storm].seconds));
+        v.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
+            (lo.min(x), hi.max(x))
+        })
+    }
+
+    pub fn median_seconds(&self, tool: Tool, storm: usize) -> f64 {
+        let v: Vec<f64> = self
+            .rounds
+            .iter()
+            .map(|r| r.cells[tool as usize][storm].seconds)
+            .collect();
+        median(&v)
+    }
+
+    /// (smallest captured over rounds, expected) for a tracer and storm.
+    pub fn captured(&self, tool: Tool, storm: usize) -> (u64, u64) {
+        let min = self
+            .rounds
+            .iter()
+            .filter_map(|r| r.cells[tool as usize][storm].captured)
+            .min()
+            .unwrap_or(0);
+        (min, self.counts.expected()[storm])
+    }
+
+    pub fn lost(&self, tool: Tool) -> u64 {
+        self.rounds.iter().map(|r| r.lost[tool as usize]).sum()
+    }
+}
+
+pub fn exec_storm(count: u32, marker: &str) -> Result<Duration> {
+    let start = Instant::now();
+    for i in 0..count {
+        if i % 64 == 0 {
+            check_interrupted()?;
+        }
+        let st = Command::new("/bin/true")
+            .arg(marker)
+            .status()
+            .context("running /bin/true")?;
+        if !st.success() {
+            bail!("/bin/true failed: {st}");
+        }
+    }
+    Ok(start.elapsed())
+}
+
+/// N x (create with O_TRUNC and write a byte, ftruncate to 0, rename, unlink): four
+/// hooked syscalls per iteration, all on files directly in `dir`.
+pub fn file_storm(dir: &Path, count: u32) -> Result<Duration> {
+    let (a, b) = (dir.join("a.log"), dir.join("b.log"));
+    let start = Instant::now();
+    for i in 0..count {
+        if i % 1024 == 0 {
+            check_interrupted()?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&a)
+            .with_context(|| format!("creating {}", a.display()))?;
+        f.write_all(b"x")?;
+        f.set_len(0).context("ftruncate")?;
+        drop(f);
+        std::fs::rename(&a, &b).context("rename")?;
+        std::fs::remove_file(&b).context("unlink")?;
+    }
+    Ok(start.elapsed())
+}
+
+/// A listener on 127.0.0.1 for the connect storm.
+pub fn loopback_listener() -> Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")
+}
+
+/// N TCP connects to `listener` (loopback), each accepted right away by the same thread
+/// (so no accept queue overflows and no SYN waits for a retransmission: that made the
+/// untraced run bimodal, 0.3 s or 5 s) and closed with SO_LINGER 0 (RST), so that tens of
+/// thousands of connects leave no TIME_WAIT behind to exhaust ports.
+pub fn connect_storm(listener: &TcpListener, count: u32) -> Result<Duration> {
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        bail!("connect storm target {addr} is not loopback");
+    }
+    let start = Instant::now();
+    for i in 0..count {
+        if i % 256 == 0 {
+            check_interrupted()?;
+        }
+        let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        let (server_side, _) = listener
+            .accept()
+            .context("accepting on the loopback listener")?;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on a socket we own with a correctly sized linger struct.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        drop(s);
+        drop(server_side);
+    }
+    Ok(start.elapsed())
+}
+
+struct Env {
+    bin: PathBuf,
+    root: PathBuf,
+    watched: PathBuf,
+    listener: TcpListener,
+    counts: StormCounts,
+}
+
+fn run_storms(env: &Env, marker: &str) -> Result<[Cell; 3]> {
+    let e = exec_storm(env.counts.execs, marker)?;
+    let f = file_storm(&env.watched, env.counts.files)?;
+    let c = connect_storm(&env.listener, env.counts.connects)?;
+    Ok([e, f, c].map(|d| Cell {
+        seconds: d.as_secs_f64(),
+        captured: None,
+    }))
+}
+
+/// Counts auditor's vault: (exec with our marker, file events from us, connects from us
+/// to the listener, loss records).
+fn count_vault(env: &Env, vault: &Path, marker: &str) -> Result<([u64; 3], u64)> {
+    let text = output(
+        Command::new(&env.bin)
+            .args(["vault", "query", "--data"])
+            .arg(vault)
+            .args([
+                "--kind", "exec", "--kind", "delete", "--kind", "rename", "--kind", "truncate",
+                "--kind", "connect", "--kind", "loss",
+            ]),
+    )?;
+    let me = i64::from(std::process::id());
+    let port = u64::from(env.listener.local_addr()?.port());
+    let mut n = [0u64; 3];
+    let mut lost = 0;
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).context("vault query printed a non-JSON line")?;
+        let ev = &v["payload"];
+        match ev["kind"].as_str() {
+            Some("exec") if ev["argv"][1] == marker => n[0] += 1,
+            Some("delete" | "rename" | "truncate") if ev["pid"].as_i64() == Some(me) => n[1] += 1,
+            Some("connect")
+                if ev["pid"].as_i64() == Some(me) && ev["port"].as_u64() == Some(port) =>
+            {
+                n[2] += 1
+            }
+            Some("loss") => lost += ev["records"].as_u64().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok((n, lost))
+}
+
+fn count_audit_log(log: &Path, marker: &str) -> Result<[u64; 3]> {
+    let text =
+        std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let me = format!(" pid={} ", std::process::id());
+    let mut n = [0u64; 3];
+    let quoted = format!("a1=\"{marker}\"");
+    for l in text.lines() {
+        if l.starts_with("type=EXECVE") && l.contains(&quoted) {
+            n[0] += 1;
+        } else if l.starts_with("type=SYSCALL") && l.contains(&me) {
+            if l.contains("key=\"ab_file\"") {
+                n[1] += 1;
+            } else if l.contains("key=\"ab_net\"") {
+                n[2] += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn count_bpftrace(text: &str) -> [u64; 3] {
+    let me = std::process::id().to_string();
+    let mut n = [0u64; 3];
+    for l in text.lines() {
+        let mut f = l.split(' ');
+        match (f.next(), f.next(), f.next(), f.next()) {
+            // exec PID COMM FILENAME: at entry the child still has our comm.
+            (Some("exec"), _, Some("xtask"), Some("/bin/true")) => n[0] += 1,
+            (Some("file"), Some(pid), _, _) if pid == me => n[1] += 1,
+            (Some("connect"), Some(pid), _, _) if pid == me => n[2] += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+fn one(env: &Env, tool: Tool, round: u32) -> Result<([Cell; 3], u64)> {
+    let marker = format!("bench-{}-{round}-{}", tool.name(), std::process::id());
+    let dir = env.root.join(format!("{}-{round}", tool.name()));
+    std::fs::create_dir_all(&dir)?;
+    let res = match tool {
+        Tool::None => (run_storms(env, &marker)?, 0),
+        Tool::Auditor => {
+            let vault = dir.join("vault");
+            let mut agent = start_agent(
+                &env.bin,
+                &[
+                    "--path",
+                    env.watched.to_str().context("UTF-8 path")?,
+                    "--vault-dir",
+                    vault.to_str().context("UTF-8 path")?,
+                ],
+            )?;
+            let mut cells = run_storms(env, &marker)?;
+            agent.stop(Duration::from_secs(120))?;
+            let (n, lost) = count_vault(env, &vault, &marker)?;
+            for (c, n) in cells.iter_mut().zip(n) {
+                c.captured = Some(n);
+            }
+            (cells, lost)
+        }
+        Tool::Auditd => {
+            let mut a = Auditd::start(&dir, &env.watched)?;
+            let mut cells = run_storms(env, &marker)?;
+            let lost = a.finish()?;
+            let n = count_audit_log(&a.log, &marker)?;
+            for (c, n) in cells.iter_mut().zip(n) {
+                c.captured = Some(n);
+            }
+            (cells, lost)
+        }
+        Tool::Bpftrace => {
+            let b = Bpftrace::start(&dir, &env.watched)?;
+            let mut cells = run_storms(env, &marker)?;
+            let (text, lost) = b.finish()?;
+            let n = count_bpftrace(&text);
+            for (c, n) in cells.iter_mut().zip(n) {
+                c.captured = Some(n);
+            }
+            (cells, lost)
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(res)
+}
+
+pub fn run(bin: &Path, counts: StormCounts, rounds: u32) -> Result<StormResults> {
+    ensure_auditd()?;
+    ensure_bpftrace()?;
+    let tmp = TempDir::new("storms")?;
+    let watched = tmp.0.join("watched");
+    std::fs::create_dir_all(&watched)?;
+    let env = Env {
+        bin: bin.to_path_buf(),
+        root: tmp.0.clone(),
+        watched,
+        listener: loopback_listener()?,
+        counts,
+    };
+    // Warm caches (binary, dentries, sockets) before the first measured run.
+    exec_storm(100, "bench-warmup")?;
+    file_storm(&env.watched, 1000)?;
+    connect_storm(&env.listener, 500)?;
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let mut cells: [[Cell; 3]; 4] = Default::default();
+        let mut lost = [0u64; 4];
+        for tool in Tool::ALL {
+            check_interrupted()?;
+            let (c, l) = one(&env, tool, round)
+                .with_context(|| format!("round {round}, {}", tool.name()))?;
+            let exp = counts.expected();
+            let shown: Vec<String> = STORMS
+                .iter()
+                .zip(&c)
+                .zip(exp)
+                .map(|((s, c), e)| match c.captured {
+                    Some(n) => format!("{s} {:.2}s ({n}/{e})", c.seconds),
+                    None => format!("{s} {:.2}s", c.seconds),
+                })
+                .collect();
+            println!(
+                "round {round} {:9} {}{}",
+                tool.name(),
+                shown.join(", "),
+                if l > 0 {
+                    format!(", LOST {l}")
+                } else {
+                    String::new()
+                }
+            );
+            cells[tool as usize] = c;
+            lost[tool as usize] = l;
+        }
+        out.push(Round { cells, lost });
+    }
+    let closing = run_storms(&env, "bench-closing")?;
+    println!(
+        "closing   none      exec {:.2}s, files {:.2}s, connect {:.2}s",
+        closing[0].seconds, closing[1].seconds, closing[2].seconds
+    );
+    Ok(StormResults {
+        counts,
+        rounds: out,
+        closing: Some(closing),
+        hooks: Vec::new(),
+    })
+}
+
+/// Kernel time per hook: one untimed pass of the three storms with auditor running and
+/// `kernel.bpf_stats_enabled` on (restored afterwards), reading `run_cnt`/`run_time_ns`
+/// from the agent's program fds (/proc/PID/fdinfo) and each program's name by its id.
+/// Returns (name, runs, mean ns), costliest in total first.
+pub fn hook_costs(bin: &Path, counts: StormCounts) -> Result<Vec<(String, u64, f64)>> {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let tmp = TempDir::new("hooks")?;
+    let watched = tmp.0.join("watched");
+    std::fs::create_dir_all(&watched)?;
+    let listener = loopback_listener()?;
+    let vault = tmp.0.join("vault");
+    let mut agent = start_agent(
+        bin,
+        &[
+            "--path",
+            watched.to_str().context("UTF-8 path")?,
+            "--vault-dir",
+            vault.to_str().context("UTF-8 path")?,
+        ],
+    )?;
+    let before = std::fs::read_to_string(SYSCTL)
+        .with_context(|| format!("reading {SYSCTL}"))?
+        .trim()
+        .to_owned();
+    std::fs::write(SYSCTL, "1").with_context(|| format!("writing 1 to {SYSCTL}"))?;
+    let run = (|| -> Result<()> {
+        exec_storm(counts.execs, "bench-hooks")?;
+        file_storm(&watched, counts.files)?;
+        connect_storm(&listener, counts.connects)?;
+        Ok(())
+    })();
+    let stats = read_prog_stats(agent.pid());
+    std::fs::write(SYSCTL, &before).with_context(|| format!("restoring {SYSCTL}"))?;
+    agent.stop(Duration::from_secs(120))?;
+    run?;
+    let mut v = stats?;
+    v.sort_by(|a, b| (b.2 * b.1 as f64).total_cmp(&(a.2 * a.1 as f64)));
+    Ok(v)
+}
+
+/// A BPF program's name by id: BPF_PROG_GET_FD_BY_ID, then BPF_OBJ_GET_INFO_BY_FD
+/// (`struct bpf_prog_info.name` is 16 bytes at offset 64). Programs with the same code
+/// share a tag, so the name cannot come from the tag.
+fn prog_name(id: u32) -> Option<String> {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(id);
+    // SAFETY: bpf(2) with a zeroed, large enough attr; the returned fd is closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut info = [0u8; 256];
+    let mut attr = [0u64; 16];
+    attr[0] = (fd as u64) | ((info.len() as u64) << 32); // bpf_fd, info_len
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: bpf(2) writing at most info_len bytes into `info`, which outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(fd as i32) };
+    if r != 0 {
+        return None;
+    }
+    let name = &info[64..80];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+fn read_prog_stats(pid: u32) -> Result<Vec<(String, u64, f64)>> {
+    let mut out = Vec::new();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for e in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(e?.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim_start_matches([':', '\t', ' ']).trim().to_owned())
+        };
+        let (Some(id), Some(cnt), Some(ns)) = (
+            field("prog_id").and_then(|v| v.parse::<u32>().ok()),
+            field("run_cnt").and_then(|v| v.parse::<u64>().ok()),
+            field("run_time_ns").and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        if cnt == 0 {
+            continue;
+        }
+        let name = prog_name(id).unwrap_or_else(|| format!("prog id {id}"));
+        out.push((name, cnt, ns as f64 / cnt as f64));
+    }
+    Ok(out)
+}
