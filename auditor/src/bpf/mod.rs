@@ -194,8 +194,12 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(LoadError::NotRoot);
     }
-    let btf = btf::load(&opts.btf_path)?;
-    let offsets = btf::kernel_offsets(&btf)?;
+    // The parsed BTF is dropped before aya parses it again for the load: holding both
+    // set the agent's peak RSS.
+    let offsets = {
+        let btf = btf::load(&opts.btf_path)?;
+        btf::kernel_offsets(&btf)?
+    };
     tracefs::ensure_mounted()?;
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| LoadError::Cpus(what, e))? as u32;
     let mut settings = opts.settings;
