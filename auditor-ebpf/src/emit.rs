@@ -84,6 +84,14 @@ pub fn tail_ptr<T>(base: *mut u8, off: u64) -> *mut u8 {
     unsafe { base.add(size_of::<T>() + (off & TAIL_MASK) as usize) }
 }
 
+/// `bpf_ringbuf_query` flag: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// The reader is woken only once this much is waiting; below it, its 5 ms poll collects
+/// the records. A wakeup per record cost a context switch per event under a storm.
+const WAKE_BYTES: u64 = 256 << 10;
+
 /// A record being built in this CPU's scratch buffer. `T` is its fixed struct.
 pub struct Record<T> {
     base: *mut u8,
@@ -169,11 +177,16 @@ impl<T> Record<T> {
         if total > SCRATCH_SIZE as u64 {
             total = SCRATCH_SIZE as u64;
         }
+        let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) + total >= WAKE_BYTES {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
         // SAFETY: the header is at the start of the buffer; `total` <= the buffer size.
         unsafe {
             (*self.base.cast::<Header>()).len = total as u32;
             let bytes = core::slice::from_raw_parts(self.base as *const u8, total as usize);
-            if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+            if EVENTS.output::<[u8]>(bytes, wake).is_err() {
                 count_loss(total);
             }
         }

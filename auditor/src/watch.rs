@@ -32,6 +32,8 @@ use crate::{
 /// Events in flight between the reader and the sinks.
 pub const QUEUE_CAPACITY: usize = 16_384;
 const TICK: Duration = Duration::from_millis(200);
+/// How often the ring is read when the kernel did not wake the reader.
+const RING_POLL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -167,6 +169,10 @@ pub async fn run(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(WatchError::Poll)?;
     let mut tick = tokio::time::interval(TICK);
+    // The programs wake this reader only when a quarter MiB is waiting (one wakeup per
+    // record was a context switch per event); below that, this poll collects.
+    let mut poll = tokio::time::interval(RING_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let mut reason = String::new();
     let result = loop {
@@ -175,6 +181,14 @@ pub async fn run(
             r = &mut shutdown => {
                 reason = r;
                 break Ok(());
+            }
+            _ = poll.tick() => {
+                // Everything waiting, in batches handed to the sinks as they fill.
+                while !drain_ring(ring.get_mut(), &mut asm, &mut out) {
+                    if send_all(&tx, &mut seq, &mut out).await.is_err() {
+                        break;
+                    }
+                }
             }
             _ = hup.recv() => {
                 let body = reload(&mut opts.reload, &mut ebpf, &mut asm);
