@@ -181,39 +181,18 @@ impl Assembler {
         }
     }
 
-    /// Records an entry. The table is bounded: when full, the oldest entry is emitted
-    /// without its result. A second entry on a thread whose exit never came emits the
-    /// first one as is.
+    /// Records a syscall entry under its thread id.
     fn open(&mut self, entry: Entry, out: &mut Vec<Stamped>) {
-        if self.pending.len() >= MAX_PENDING {
-            let oldest = self
-                .pending
-                .iter()
-                .min_by_key(|(_, e)| e.header().boot_ns)
-                .map(|(&t, _)| t);
-            if let Some(e) = oldest.and_then(|t| self.pending.remove(&t)) {
-                self.close(e, out);
-            }
-        }
-        if let Some(prev) = self.pending.insert(entry.header().tid, entry) {
-            self.close(prev, out);
+        let tid = entry.header().tid;
+        for e in insert_bounded(&mut self.pending, tid, entry) {
+            self.close(e, out);
         }
     }
 
-    /// Records an io_uring submission until its completion (bounded like `open`).
+    /// Records an io_uring submission under its request until its completion.
     fn open_ring(&mut self, req: u64, entry: Entry, out: &mut Vec<Stamped>) {
-        if self.ring_pending.len() >= MAX_PENDING {
-            let oldest = self
-                .ring_pending
-                .iter()
-                .min_by_key(|(_, e)| e.header().boot_ns)
-                .map(|(&r, _)| r);
-            if let Some(e) = oldest.and_then(|r| self.ring_pending.remove(&r)) {
-                self.close(e, out);
-            }
-        }
-        if let Some(prev) = self.ring_pending.insert(req, entry) {
-            self.close(prev, out);
+        for e in insert_bounded(&mut self.ring_pending, req, entry) {
+            self.close(e, out);
         }
     }
 
@@ -257,28 +236,10 @@ impl Assembler {
 
     /// Emits entries whose exit is overdue.
     pub fn expire(&mut self, now_boot_ns: u64, out: &mut Vec<Stamped>) {
-        let late = |e: &Entry| now_boot_ns.saturating_sub(e.header().boot_ns) > RESULT_TIMEOUT_NS;
-        let overdue: Vec<u32> = self
-            .pending
-            .iter()
-            .filter(|(_, e)| late(e))
-            .map(|(&tid, _)| tid)
-            .collect();
-        for tid in overdue {
-            if let Some(e) = self.pending.remove(&tid) {
-                self.close(e, out);
-            }
-        }
-        let overdue: Vec<u64> = self
-            .ring_pending
-            .iter()
-            .filter(|(_, e)| late(e))
-            .map(|(&req, _)| req)
-            .collect();
-        for req in overdue {
-            if let Some(e) = self.ring_pending.remove(&req) {
-                self.close(e, out);
-            }
+        let mut overdue = take_overdue(&mut self.pending, now_boot_ns);
+        overdue.extend(take_overdue(&mut self.ring_pending, now_boot_ns));
+        for e in overdue {
+            self.close(e, out);
         }
     }
 
@@ -291,6 +252,39 @@ impl Assembler {
             self.close(e, out);
         }
     }
+}
+
+/// Inserts into a bounded pending table. Returns what must be emitted without its result:
+/// the oldest entry when the table is full, and an earlier entry under the same key (a
+/// second entry on a thread whose exit never came).
+fn insert_bounded<K: std::hash::Hash + Eq + Copy>(
+    table: &mut HashMap<K, Entry>,
+    key: K,
+    entry: Entry,
+) -> Vec<Entry> {
+    let mut evicted = Vec::new();
+    if table.len() >= MAX_PENDING {
+        let oldest = table
+            .iter()
+            .min_by_key(|(_, e)| e.header().boot_ns)
+            .map(|(&k, _)| k);
+        evicted.extend(oldest.and_then(|k| table.remove(&k)));
+    }
+    evicted.extend(table.insert(key, entry));
+    evicted
+}
+
+/// Removes and returns the entries older than [`RESULT_TIMEOUT_NS`].
+fn take_overdue<K: std::hash::Hash + Eq + Copy>(
+    table: &mut HashMap<K, Entry>,
+    now_boot_ns: u64,
+) -> Vec<Entry> {
+    let overdue: Vec<K> = table
+        .iter()
+        .filter(|(_, e)| now_boot_ns.saturating_sub(e.header().boot_ns) > RESULT_TIMEOUT_NS)
+        .map(|(&k, _)| k)
+        .collect();
+    overdue.iter().filter_map(|k| table.remove(k)).collect()
 }
 
 pub(crate) fn id(v: u32) -> Option<u32> {
@@ -874,11 +868,16 @@ fn file_body(op: u32, ev: FileOp) -> Body {
 
 /// Sets a file op's outcome from the syscall's return value.
 fn file_result(ev: &mut FileOp, ret: i64) {
-    ev.ret = Some(ret);
-    ev.success = Some(ret >= 0);
-    if ret < 0 {
-        ev.errno = Some(errno_name(ret));
-    }
+    (ev.ret, ev.success, ev.errno) = outcome(ret);
+}
+
+/// `(ret, success, errno)` of a syscall that returns 0/positive or `-errno`.
+pub(crate) fn outcome(ret: i64) -> (Option<i64>, Option<bool>, Option<String>) {
+    (
+        Some(ret),
+        Some(ret >= 0),
+        (ret < 0).then(|| errno_name(ret)),
+    )
 }
 
 /// A file result whose entry was lost.

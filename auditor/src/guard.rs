@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use auditor_common::sys_op;
 
 use crate::{
-    assemble::{Stamped, errno_name, lossy, orphan_process, process},
+    assemble::{Stamped, lossy, orphan_process, outcome, process},
     decode::{SignalRecord, SyscallRecord, SyscallResultRecord},
     event::{Body, Guarded, Signal, Tamper},
 };
@@ -42,6 +42,13 @@ fn tamper(kind: &str, reason: String) -> Option<Tamper> {
         kind: kind.to_string(),
         reason,
     })
+}
+
+/// Sets the event's target process; true when it is the agent.
+fn aimed_at_agent(ev: &mut Guarded, agent: &AgentSelf, target: u32) -> bool {
+    ev.target_pid = Some(target);
+    ev.targets_agent = agent.owns(target);
+    ev.targets_agent
 }
 
 /// The process a pidfd refers to, read while the caller is (usually) still alive.
@@ -96,9 +103,7 @@ pub fn syscall_event(c: SyscallRecord, ret: Option<i64>, agent: &AgentSelf) -> S
                 "seize".into()
             };
             let target = c.args[1] as u32;
-            ev.target_pid = Some(target);
-            ev.targets_agent = agent.owns(target);
-            if ev.targets_agent {
+            if aimed_at_agent(&mut ev, agent, target) {
                 ev.tamper = tamper(
                     "agent_ptraced",
                     format!("{who} ptrace-{}ed the auditor (pid {target})", ev.action),
@@ -108,10 +113,7 @@ pub fn syscall_event(c: SyscallRecord, ret: Option<i64>, agent: &AgentSelf) -> S
         sys_op::PROCESS_VM_WRITEV => {
             body = Body::ProcessVmWritev;
             ev.action = "write".into();
-            let target = c.args[0] as u32;
-            ev.target_pid = Some(target);
-            ev.targets_agent = agent.owns(target);
-            if ev.targets_agent {
+            if aimed_at_agent(&mut ev, agent, c.args[0] as u32) {
                 ev.tamper = tamper(
                     "agent_memory_written",
                     format!("{who} wrote into the auditor's memory"),
@@ -152,13 +154,7 @@ pub fn syscall_event(c: SyscallRecord, ret: Option<i64>, agent: &AgentSelf) -> S
         }
     }
     match ret {
-        Some(r) => {
-            ev.ret = Some(r);
-            ev.success = Some(r >= 0);
-            if r < 0 {
-                ev.errno = Some(errno_name(r));
-            }
-        }
+        Some(r) => (ev.ret, ev.success, ev.errno) = outcome(r),
         None => ev.warnings.push("result_missing"),
     }
     Stamped {
@@ -169,12 +165,13 @@ pub fn syscall_event(c: SyscallRecord, ret: Option<i64>, agent: &AgentSelf) -> S
 
 /// A guard syscall's result whose entry was lost.
 pub fn orphan_result(r: &SyscallResultRecord) -> Stamped {
-    let mut ev = Guarded {
+    let (ret, success, errno) = outcome(r.ret);
+    let ev = Guarded {
         process: orphan_process(&r.header),
         action: "unknown".into(),
-        ret: Some(r.ret),
-        success: Some(r.ret >= 0),
-        errno: (r.ret < 0).then(|| errno_name(r.ret)),
+        ret,
+        success,
+        errno,
         warnings: vec!["entry_missing"],
         ..Default::default()
     };
@@ -186,7 +183,6 @@ pub fn orphan_result(r: &SyscallResultRecord) -> Stamped {
         sys_op::PIDFD_GETFD => Body::PidfdGetfd,
         _ => Body::Bpf,
     };
-    ev.targets_agent = false;
     Stamped {
         boot_ns: r.header.boot_ns,
         body: body(Box::new(ev)),

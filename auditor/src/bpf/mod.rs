@@ -225,15 +225,7 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         attached += 1;
     }
     for &name in RAW_TRACEPOINTS {
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(LoadError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| LoadError::Program { name, source })?;
-        program
-            .load()
-            .map_err(|source| LoadError::Program { name, source })?;
-        program
+        loaded::<RawTracePoint>(&mut ebpf, name)?
             .attach(name)
             .map_err(|source| LoadError::Program { name, source })?;
         attached += 1;
@@ -265,16 +257,42 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     })
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &'static str) -> Result<(), LoadError> {
-    let program: &mut TracePoint = ebpf
+/// Program `name` of type `P`, loaded (verified) into the kernel.
+fn loaded<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoadError>
+where
+    P: LoadableProgram,
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program: &mut P = ebpf
         .program_mut(name)
         .ok_or(LoadError::MissingProgram(name))?
         .try_into()
         .map_err(|source| LoadError::Program { name, source })?;
     program
-        .load()
+        .load_program()
         .map_err(|source| LoadError::Program { name, source })?;
-    program
+    Ok(program)
+}
+
+/// `load()` of the program types used here (aya gives each its own inherent method).
+trait LoadableProgram {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl LoadableProgram for TracePoint {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl LoadableProgram for RawTracePoint {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &'static str) -> Result<(), LoadError> {
+    loaded::<TracePoint>(ebpf, name)?
         .attach(category, name)
         .map_err(|source| LoadError::Program { name, source })?;
     tracing::debug!(program = name, "attached {category}/{name}");
@@ -285,15 +303,7 @@ fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &'static str) -> Res
 /// anything is attached (so no rename can run before its second half exists).
 fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     const NAME: &str = names::RENAME_PART2_PROG;
-    let program: &mut TracePoint = ebpf
-        .program_mut(NAME)
-        .ok_or(LoadError::MissingProgram(NAME))?
-        .try_into()
-        .map_err(|source| LoadError::Program { name: NAME, source })?;
-    program
-        .load()
-        .map_err(|source| LoadError::Program { name: NAME, source })?;
-    let fd = program
+    let fd = loaded::<TracePoint>(ebpf, NAME)?
         .fd()
         .map_err(|source| LoadError::Program { name: NAME, source })?
         .try_clone()

@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
 use crate::build::{self, is_root, workspace_root};
-use common::{median, output, percentile, rfc3339_ns};
+use common::{median, percentile};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -463,65 +463,13 @@ fn exec(count: u32, rounds: u32) -> Result<()> {
     Ok(())
 }
 
-/// (capture time, vault receive time) in ns for every stored exec whose argv has `marker`.
-fn vault_times(bin: &Path, data: &Path, marker: &str) -> Result<Vec<(i128, i128)>> {
-    let text = output(
-        Command::new(bin)
-            .args(["vault", "query", "--data"])
-            .arg(data)
-            .args(["--kind", "exec", "--argv", marker]),
-    )?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        let ev = &v["payload"];
-        if ev["filename"] != "/bin/true" {
-            continue;
-        }
-        if let (Some(t), Some(r)) = (
-            ev["time"].as_str().and_then(rfc3339_ns),
-            v["received_at"].as_str().and_then(rfc3339_ns),
-        ) {
-            out.push((t, r));
-        }
-    }
-    Ok(out)
-}
-
 fn vault(rate: u32, seconds: u32, burst: u32) -> Result<()> {
     let bin = build::build_auditor(true)?;
     let dir = std::env::temp_dir().join(format!("auditor-bench-vault-{}", std::process::id()));
-    let (data, spool) = (dir.join("data"), dir.join("spool"));
+    let spool = dir.join("spool");
     std::fs::create_dir_all(&dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let token = output(
-        Command::new(&bin)
-            .args(["vault", "enroll", "--data"])
-            .arg(&data)
-            .args(["--host", "bench"]),
-    )?;
-    let mut server = Command::new(&bin)
-        .args([
-            "vault",
-            "serve",
-            "--insecure-http",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data",
-        ])
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("vault did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (server, token) = pipeline::serve(&bin, &dir, "bench")?;
+    let (port, data) = (server.port, server.data.clone());
     let mut agent = Command::new(&bin)
         .args([
             "watch",
@@ -560,7 +508,7 @@ fn vault(rate: u32, seconds: u32, burst: u32) -> Result<()> {
         Command::new("/bin/true").arg(&m).status()?;
     }
     std::thread::sleep(Duration::from_secs(3));
-    let times = vault_times(&bin, &data, &m)?;
+    let times = pipeline::vault_times(&bin, &data, &m)?;
     let mut lat: Vec<f64> = times.iter().map(|(t, r)| (r - t) as f64 / 1e6).collect();
     lat.sort_by(f64::total_cmp);
 
@@ -573,7 +521,7 @@ fn vault(rate: u32, seconds: u32, burst: u32) -> Result<()> {
     let spawn_s = t0.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(120);
     let arrived = loop {
-        let n = vault_times(&bin, &data, &mb)?;
+        let n = pipeline::vault_times(&bin, &data, &mb)?;
         if n.len() >= burst as usize || Instant::now() > deadline {
             break n;
         }
@@ -586,8 +534,7 @@ fn vault(rate: u32, seconds: u32, burst: u32) -> Result<()> {
     // SAFETY: kill(2) on our children.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     agent.wait()?;
-    let _ = server.kill();
-    server.wait()?;
+    drop(server);
     println!(
         "time-to-vault at {rate} execs/s for {seconds}s: {} of {total} execs in the vault; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         lat.len(),

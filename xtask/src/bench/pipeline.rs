@@ -107,7 +107,7 @@ pub fn exec_at(rate: f64, secs: f64, threads: usize, marker: &str) -> Result<u64
 }
 
 /// (capture time, vault receive time) in ns of every stored /bin/true exec with `marker`.
-fn vault_times(bin: &Path, data: &Path, marker: &str) -> Result<Vec<(i128, i128)>> {
+pub fn vault_times(bin: &Path, data: &Path, marker: &str) -> Result<Vec<(i128, i128)>> {
     let text = output(
         Command::new(bin)
             .args(["vault", "query", "--data"])
