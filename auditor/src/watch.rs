@@ -29,8 +29,10 @@ use crate::{
     watchlist::WatchList,
 };
 
-/// Events in flight between the reader and the sinks.
-pub const QUEUE_CAPACITY: usize = 16_384;
+/// Batches in flight between the reader and the sinks. A batch is what one pass over the
+/// ring produced (up to 256 records' worth, see `drain_ring`): handing events over one by
+/// one cost a channel operation, and often a thread wakeup, per event.
+pub const QUEUE_BATCHES: usize = 64;
 const TICK: Duration = Duration::from_millis(200);
 /// How often the ring is read when the kernel did not wake the reader.
 const RING_POLL: Duration = Duration::from_millis(5);
@@ -133,7 +135,7 @@ pub async fn run(
     // the fd cannot be closed while registered.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| WatchError::Poll(e.into()))?;
 
-    let (tx, rx) = mpsc::channel::<Event>(QUEUE_CAPACITY);
+    let (tx, rx) = mpsc::channel::<Vec<Event>>(QUEUE_BATCHES);
     let sink_thread = std::thread::Builder::new()
         .name("auditor-sink".into())
         .spawn(move || sink_loop(rx, sinks))
@@ -161,7 +163,7 @@ pub async fn run(
                 .collect(),
         }),
     };
-    tx.send(seq.stamp(start))
+    tx.send(vec![seq.stamp(start)])
         .await
         .map_err(|_| WatchError::SinkGone)?;
     ready(attached);
@@ -245,7 +247,7 @@ pub async fn run(
                 .load(std::sync::atomic::Ordering::Relaxed),
         }),
     };
-    let _ = tx.send(seq.stamp(last)).await;
+    let _ = tx.send(vec![seq.stamp(last)]).await;
     drop(tx);
     let sink_result = sink_thread.join().map_err(|_| WatchError::SinkGone)?;
     result?;
@@ -338,15 +340,16 @@ fn drain_ring(
 }
 
 async fn send_all(
-    tx: &mpsc::Sender<Event>,
+    tx: &mpsc::Sender<Vec<Event>>,
     seq: &mut Sequencer,
     out: &mut Vec<Stamped>,
 ) -> Result<(), ()> {
-    out.sort_by_key(|s| s.boot_ns);
-    for s in out.drain(..) {
-        tx.send(seq.stamp(s)).await.map_err(|_| ())?;
+    if out.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    out.sort_by_key(|s| s.boot_ns);
+    let batch: Vec<Event> = out.drain(..).map(|s| seq.stamp(s)).collect();
+    tx.send(batch).await.map_err(|_| ())
 }
 
 fn loss_event(seq: &Sequencer, d: bpf::ring::LossDelta) -> Stamped {
@@ -369,12 +372,14 @@ fn loss_event(seq: &Sequencer, d: bpf::ring::LossDelta) -> Stamped {
 }
 
 fn sink_loop(
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Vec<Event>>,
     mut sinks: Vec<Box<dyn Sink>>,
 ) -> Result<(), WatchError> {
-    while let Some(ev) = rx.blocking_recv() {
-        for s in sinks.iter_mut() {
-            s.write(&ev)?;
+    while let Some(batch) = rx.blocking_recv() {
+        for ev in &batch {
+            for s in sinks.iter_mut() {
+                s.write(ev)?;
+            }
         }
         if rx.is_empty() {
             for s in sinks.iter_mut() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{Sink, SinkError};
 use crate::{
     event::Event,
-    vault::{LocalVault, VaultError},
+    vault::{LocalVault, VaultError, canonical},
 };
 
 pub struct LocalVaultSink {
@@ -17,7 +17,9 @@ pub struct LocalVaultSink {
     /// Events not yet written: appended in one batch (one write, one salt draw) at the
     /// next flush, which the sink thread calls whenever its queue runs empty, or when
     /// [`BATCH_MAX`] are waiting.
-    batch: Vec<(u64, serde_json::Value)>,
+    batch: Vec<(u64, Vec<u8>)>,
+    /// Canonical JSON, as the vault server stores it, straight from the event.
+    encoder: canonical::Encoder,
 }
 
 /// Largest batch held in memory before it is written.
@@ -35,6 +37,7 @@ impl LocalVaultSink {
             target: format!("local vault {}", dir.display()),
             last_sync: std::time::Instant::now(),
             batch: Vec::with_capacity(BATCH_MAX),
+            encoder: canonical::Encoder::default(),
         })
     }
 
@@ -43,7 +46,7 @@ impl LocalVaultSink {
             return Ok(());
         }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_MAX));
-        self.vault.append_batch(batch).map_err(|e| self.err(e))
+        self.vault.append_canonical(batch).map_err(|e| self.err(e))
     }
 
     fn err(&self, e: VaultError) -> SinkError {
@@ -56,7 +59,11 @@ impl LocalVaultSink {
 
 impl Sink for LocalVaultSink {
     fn write(&mut self, ev: &Event) -> Result<(), SinkError> {
-        self.batch.push((ev.seq, serde_json::to_value(ev)?));
+        let payload = self
+            .encoder
+            .encode(ev)
+            .map_err(|e| SinkError::Encode(e.to_string()))?;
+        self.batch.push((ev.seq, payload.to_vec()));
         if self.batch.len() >= BATCH_MAX {
             self.write_batch()?;
         }

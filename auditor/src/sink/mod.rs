@@ -21,6 +21,8 @@ pub enum SinkError {
     },
     #[error("encoding an event as JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("encoding an event as canonical JSON: {0}")]
+    Encode(String),
 }
 
 pub trait Sink: Send {

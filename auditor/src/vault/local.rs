@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::VaultError;
-use super::store::{HostStore, VaultLock, lock_vault};
+use super::store::{HostStore, SeqIndex, VaultLock, lock_vault};
 
 pub struct LocalVault {
     store: HostStore,
@@ -40,20 +40,23 @@ impl LocalVault {
     }
 
     /// Appends one event (written, not yet fsynced: call [`flush`](Self::flush)). Same
-    /// rules as the server: a repeated seq is stored once, a skipped one leaves a gap record.
+    /// rules as the server for gaps and seqs at or below the highest (a gap record, an
+    /// out-of-order record); a resent seq is not looked up (see [`SeqIndex::MaxOnly`]).
     pub fn append(&mut self, seq: u64, event: &Value) -> Result<(), VaultError> {
-        self.append_batch(vec![(seq, event.clone())])
+        self.append_canonical(vec![(seq, super::record::canonical_json(event))])
     }
 
-    /// Appends several events in one write (not synced: see [`LocalVault::flush`]).
-    pub fn append_batch(&mut self, events: Vec<(u64, Value)>) -> Result<(), VaultError> {
+    /// Appends events already in canonical JSON ([`super::canonical`]) in one write (not
+    /// synced: see [`LocalVault::flush`]).
+    pub fn append_canonical(&mut self, events: Vec<(u64, Vec<u8>)>) -> Result<(), VaultError> {
         if events.iter().any(|(seq, _)| *seq == 0) {
             return Err(VaultError::Invalid("seq starts at 1".to_owned()));
         }
         if events.is_empty() {
             return Ok(());
         }
-        self.store.ingest(&self.boot_id, events, false)?;
+        self.store
+            .ingest_canonical(&self.boot_id, events, false, SeqIndex::MaxOnly)?;
         Ok(())
     }
 

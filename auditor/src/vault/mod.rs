@@ -18,6 +18,7 @@
 //! DATA/hosts/<host>/quarantine/  torn tails cut off at start, kept for inspection
 //! ```
 
+pub mod canonical;
 mod erase;
 mod local;
 mod query;

@@ -136,25 +136,34 @@ impl Record {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(self.frame_len() - FRAME_HEADER);
-        body.push(BODY_VERSION);
-        body.push(self.kind as u8);
-        body.push(if self.erased { FLAG_ERASED } else { 0 });
-        body.push(0);
-        body.extend_from_slice(&self.index.to_le_bytes());
-        body.extend_from_slice(&self.received_at_ns.to_le_bytes());
-        body.extend_from_slice(&self.commitment);
-        body.extend_from_slice(&self.chain);
-        body.extend_from_slice(&len_u32(self.meta.len()).to_le_bytes());
-        body.extend_from_slice(&self.meta);
-        body.extend_from_slice(&self.salt);
-        body.extend_from_slice(&len_u32(self.payload.len()).to_le_bytes());
-        body.extend_from_slice(&self.payload);
-        let mut frame = Vec::with_capacity(FRAME_HEADER + body.len());
-        frame.extend_from_slice(&len_u32(body.len()).to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        frame.extend_from_slice(&body);
+        let mut frame = Vec::with_capacity(self.frame_len());
+        self.encode_into(&mut frame);
         frame
+    }
+
+    /// Appends the frame to `out` (the body is written in place, then its length and CRC
+    /// filled in before it).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(&[0u8; FRAME_HEADER]);
+        out.push(BODY_VERSION);
+        out.push(self.kind as u8);
+        out.push(if self.erased { FLAG_ERASED } else { 0 });
+        out.push(0);
+        out.extend_from_slice(&self.index.to_le_bytes());
+        out.extend_from_slice(&self.received_at_ns.to_le_bytes());
+        out.extend_from_slice(&self.commitment);
+        out.extend_from_slice(&self.chain);
+        out.extend_from_slice(&len_u32(self.meta.len()).to_le_bytes());
+        out.extend_from_slice(&self.meta);
+        out.extend_from_slice(&self.salt);
+        out.extend_from_slice(&len_u32(self.payload.len()).to_le_bytes());
+        out.extend_from_slice(&self.payload);
+        let body = &out[at + FRAME_HEADER..];
+        let len = len_u32(body.len()).to_le_bytes();
+        let crc = crc32fast::hash(body).to_le_bytes();
+        out[at..at + 4].copy_from_slice(&len);
+        out[at + 4..at + 8].copy_from_slice(&crc);
     }
 
     /// Decodes the frame at the start of `buf`; returns the record and the bytes it used.

@@ -61,6 +61,9 @@ pub(crate) struct Pending {
     kind: RecordKind,
     meta: Vec<u8>,
     payload: Vec<u8>,
+    /// A data record whose (boot, seq) the caller indexes itself: `append` then skips
+    /// parsing its meta back.
+    indexed_by_caller: bool,
 }
 
 impl Pending {
@@ -69,8 +72,33 @@ impl Pending {
             kind,
             meta: canonical_json(meta),
             payload: canonical_json(payload),
+            indexed_by_caller: false,
         }
     }
+}
+
+/// How an ingest indexes what it stores.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SeqIndex {
+    /// Every (boot, seq) is remembered with its location, so a resend is recognised as a
+    /// duplicate (or a conflicting replay) however late it comes: the server.
+    Full,
+    /// Only the highest seq of each boot: for a writer whose seqs only ever increase (the
+    /// embedded local vault, fed by one sequencer), where the full index would grow by an
+    /// entry per event for nothing. A seq at or below the highest is stored with an
+    /// `out_of_order` record, as the server does for a seq it never saw.
+    MaxOnly,
+}
+
+/// `{"boot_id":<boot>,"seq":<seq>}`, canonical, from the boot id already JSON-escaped.
+fn data_meta(boot_json: &[u8], seq: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(boot_json.len() + 32);
+    m.extend_from_slice(b"{\"boot_id\":");
+    m.extend_from_slice(boot_json);
+    m.extend_from_slice(b",\"seq\":");
+    m.extend_from_slice(seq.to_string().as_bytes());
+    m.push(b'}');
+    m
 }
 
 #[derive(Default)]
@@ -107,7 +135,12 @@ pub(crate) struct HostStore {
     /// Set while a silence episode is open (an `agent_silent` record was written).
     pub silent_since: Option<u64>,
     last_boot: Option<(String, u64)>,
+    /// The frames of the last append, kept for the next one (see `append`).
+    write_buf: Vec<u8>,
 }
+
+/// Largest append buffer kept between appends (a batch of ordinary events is far less).
+const WRITE_BUF_KEEP: usize = 4 << 20;
 
 impl HostStore {
     /// Opens (or creates) the host's chain, repairing a torn tail.
@@ -132,6 +165,7 @@ impl HostStore {
             last_seen: None,
             silent_since: None,
             last_boot: None,
+            write_buf: Vec::new(),
         };
         let mut torn: Option<(PathBuf, u64, String)> = None;
         let count = segments.len();
@@ -295,6 +329,11 @@ impl HostStore {
     fn apply(&mut self, rec: &Record, loc: Loc) {
         self.next_index = rec.index + 1;
         self.head = rec.chain;
+        self.index(rec, loc);
+    }
+
+    /// The (boot, seq) index and loss counters, from a record's meta and payload.
+    fn index(&mut self, rec: &Record, loc: Loc) {
         let meta = rec.meta_json();
         let boot = meta
             .as_ref()
@@ -348,6 +387,7 @@ impl HostStore {
         let received_at_ns = now_ns();
         let mut head = self.head;
         let mut records = Vec::with_capacity(pending.len());
+        let mut caller_indexed = Vec::with_capacity(pending.len());
         let salts = random_salts(pending.len())?;
         for ((i, p), salt) in pending.into_iter().enumerate().zip(salts) {
             if p.payload.len() + p.meta.len() + 256 > MAX_BODY {
@@ -360,6 +400,7 @@ impl HostStore {
             let c = commitment(&salt, &p.payload);
             let chain = chain_link(&head, index, p.kind, received_at_ns, &p.meta, &c);
             head = chain;
+            caller_indexed.push(p.indexed_by_caller);
             records.push(Record {
                 kind: p.kind,
                 erased: false,
@@ -372,9 +413,14 @@ impl HostStore {
                 payload: p.payload,
             });
         }
-        let mut buf = Vec::new();
+        let total: usize = records.iter().map(Record::frame_len).sum();
+        // Reused from one append to the next: a fresh buffer of this size is a fresh
+        // mapping, and faulting its pages in was a visible cost per batch.
+        let mut buf = std::mem::take(&mut self.write_buf);
+        buf.clear();
+        buf.reserve(total);
         let mut offsets = Vec::with_capacity(records.len());
-        self.rotate_if_full(records.iter().map(Record::frame_len).sum())?;
+        self.rotate_if_full(total)?;
         let Some((seg_no, file, len)) = self.active.as_mut() else {
             return Err(VaultError::Damaged {
                 host: self.host.clone(),
@@ -383,7 +429,7 @@ impl HostStore {
         };
         for r in &records {
             offsets.push(*len + buf.len() as u64);
-            buf.extend_from_slice(&r.encode());
+            r.encode_into(&mut buf);
         }
         let old_len = *len;
         let write = (&*file)
@@ -403,13 +449,21 @@ impl HostStore {
         }
         *len += buf.len() as u64;
         let seg_no = *seg_no;
+        if buf.capacity() <= WRITE_BUF_KEEP {
+            self.write_buf = buf;
+        }
         let mut out = Vec::with_capacity(records.len());
-        for (r, offset) in records.iter().zip(offsets) {
+        for ((r, offset), by_caller) in records.iter().zip(offsets).zip(caller_indexed) {
             let loc = Loc {
                 segment: seg_no,
                 offset,
             };
-            self.apply(r, loc);
+            if by_caller {
+                self.next_index = r.index + 1;
+                self.head = r.chain;
+            } else {
+                self.apply(r, loc);
+            }
             out.push((r.index, loc));
         }
         Ok(out)
@@ -498,46 +552,69 @@ impl HostStore {
         records: Vec<(u64, Value)>,
         sync: bool,
     ) -> Result<IngestOutcome, VaultError> {
+        let canonical = records
+            .into_iter()
+            .map(|(seq, event)| (seq, canonical_json(&event)))
+            .collect();
+        self.ingest_canonical(boot_id, canonical, sync, SeqIndex::Full)
+    }
+
+    /// [`ingest`](Self::ingest) of events already in canonical JSON.
+    pub(crate) fn ingest_canonical(
+        &mut self,
+        boot_id: &str,
+        records: Vec<(u64, Vec<u8>)>,
+        sync: bool,
+        index: SeqIndex,
+    ) -> Result<IngestOutcome, VaultError> {
         let now = now_ns();
         let mut out = IngestOutcome::default();
         let mut pending: Vec<Pending> = self.resumed(now).into_iter().collect();
+        let boot_json = canonical_json(&Value::String(boot_id.to_owned()));
         let empty = BootState::default();
         let boot = self.boots.get(boot_id).unwrap_or(&empty);
         let mut max = boot.max_seq;
-        let mut in_batch: HashMap<u64, Vec<u8>> = HashMap::new();
-        for (seq, event) in records {
-            let payload = canonical_json(&event);
-            let meta = json!({"boot_id": boot_id, "seq": seq});
-            let earlier = match in_batch.get(&seq) {
-                Some(p) => Some((Some(p.clone()), None)),
-                None => match boot.seqs.get(&seq) {
-                    Some(loc) => Some((self.read_payload(*loc)?, Some(*loc))),
-                    None => None,
-                },
-            };
-            if let Some((stored, loc)) = earlier {
-                match stored {
-                    // An erased payload cannot be compared: treat the resend as a duplicate.
-                    Some(stored) if stored != payload => {
-                        out.conflicts += 1;
-                        let stored_record = loc
-                            .and_then(|l| self.index_at(l))
-                            .map(|i| record_id(&self.host, i));
-                        pending.push(Pending::new(
-                            RecordKind::Replay,
-                            &meta,
-                            &json!({
-                                "host": self.host,
-                                "boot_id": boot_id,
-                                "seq": seq,
-                                "stored_record": stored_record,
-                                "offered_event": event,
-                            }),
-                        ));
+        // Data records of this batch: seq, and position in `pending` (for a resend of the
+        // same seq within the batch).
+        let mut stored: Vec<(u64, usize)> = Vec::with_capacity(records.len());
+        let mut in_batch: HashMap<u64, usize> = HashMap::new();
+        for (seq, payload) in records {
+            if index == SeqIndex::Full {
+                let earlier = match in_batch.get(&seq) {
+                    Some(&i) => Some((pending.get(i).map(|p| p.payload.clone()), None)),
+                    None => match boot.seqs.get(&seq) {
+                        Some(loc) => Some((self.read_payload(*loc)?, Some(*loc))),
+                        None => None,
+                    },
+                };
+                if let Some((previous, loc)) = earlier {
+                    match previous {
+                        // An erased payload cannot be compared: treat the resend as a duplicate.
+                        Some(previous) if previous != payload => {
+                            out.conflicts += 1;
+                            let stored_record = loc
+                                .and_then(|l| self.index_at(l))
+                                .map(|i| record_id(&self.host, i));
+                            let offered: Value =
+                                serde_json::from_slice(&payload).unwrap_or_else(|_| {
+                                    Value::String(String::from_utf8_lossy(&payload).into_owned())
+                                });
+                            pending.push(Pending::new(
+                                RecordKind::Replay,
+                                &json!({"boot_id": boot_id, "seq": seq}),
+                                &json!({
+                                    "host": self.host,
+                                    "boot_id": boot_id,
+                                    "seq": seq,
+                                    "stored_record": stored_record,
+                                    "offered_event": offered,
+                                }),
+                            ));
+                        }
+                        _ => out.duplicates += 1,
                     }
-                    _ => out.duplicates += 1,
+                    continue;
                 }
-                continue;
             }
             if seq > max.saturating_add(1) {
                 out.gaps.push((max + 1, seq - 1));
@@ -556,7 +633,7 @@ impl HostStore {
             } else if seq <= max {
                 pending.push(Pending::new(
                     RecordKind::OutOfOrder,
-                    &meta,
+                    &json!({"boot_id": boot_id, "seq": seq}),
                     &json!({
                         "host": self.host,
                         "boot_id": boot_id,
@@ -566,16 +643,29 @@ impl HostStore {
                     }),
                 ));
             }
+            if index == SeqIndex::Full {
+                in_batch.insert(seq, pending.len());
+            }
+            stored.push((seq, pending.len()));
             pending.push(Pending {
                 kind: RecordKind::Data,
-                meta: canonical_json(&meta),
-                payload: payload.clone(),
+                meta: data_meta(&boot_json, seq),
+                payload,
+                indexed_by_caller: true,
             });
-            in_batch.insert(seq, payload);
             max = max.max(seq);
             out.stored += 1;
         }
-        self.append(pending, sync)?;
+        let locs = self.append(pending, sync)?;
+        let b = self.boots.entry(boot_id.to_owned()).or_default();
+        for (seq, at) in stored {
+            if index == SeqIndex::Full
+                && let Some(&(_, loc)) = locs.get(at)
+            {
+                b.seqs.insert(seq, loc);
+            }
+            b.max_seq = b.max_seq.max(seq);
+        }
         self.seen(now);
         let acked = self.boots.get(boot_id).map_or(0, |b| b.max_seq);
         self.last_boot = Some((boot_id.to_owned(), acked));

@@ -94,6 +94,27 @@ enum Which {
         #[arg(long)]
         profile: bool,
     },
+    /// Two agent binaries side by side (rounds interleaved: A, B, A, B, ...) at fixed
+    /// connect-event rates: agent CPU per event and loss. For before/after claims.
+    Ab {
+        /// The "before" binary (e.g. built at an earlier commit).
+        #[arg(long)]
+        a: std::path::PathBuf,
+        /// The "after" binary; default: this tree's release build.
+        #[arg(long)]
+        b: Option<std::path::PathBuf>,
+        /// Rates to hold, events/s (repeatable).
+        #[arg(long = "rate", default_values_t = [40000.0, 80000.0])]
+        rates: Vec<f64>,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value = "16M")]
+        ring: String,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Vault ingest rate: batches POSTed directly to `vault serve` (chained, fsynced).
     Ingest {
         #[arg(long, default_value_t = 200)]
@@ -166,6 +187,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             )?;
             print_storms(&r);
             Ok(())
+        }
+        Which::Ab {
+            a,
+            b,
+            rates,
+            seconds,
+            rounds,
+            ring,
+            threads,
+        } => {
+            let b = match b {
+                Some(b) => b.clone(),
+                None => build::build_auditor(true)?,
+            };
+            rate::ab(a, &b, rates, *seconds, *rounds, ring, *threads)
         }
         Which::MaxRate {
             start,

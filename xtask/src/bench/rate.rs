@@ -344,3 +344,59 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
     }
     Ok(res)
 }
+
+/// Binaries `a` and `b` at each rate, `rounds` times, interleaved: prints each step, then
+/// per binary and rate the median agent CPU per event (µs of CPU time, user + system)
+/// and the total loss.
+pub fn ab(
+    a: &Path,
+    b: &Path,
+    rates: &[f64],
+    secs: f64,
+    rounds: u32,
+    ring: &str,
+    threads: usize,
+) -> Result<()> {
+    for bin in [a, b] {
+        if !bin.is_file() {
+            bail!("{}: no such binary", bin.display());
+        }
+    }
+    let tmp = TempDir::new("ab")?;
+    let mut rows = Vec::new();
+    for &rate in rates {
+        let mut per: [Vec<Step>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            for (i, bin) in [a, b].into_iter().enumerate() {
+                println!("rate {rate:.0}/s, round {}, {}:", round + 1, ["A", "B"][i]);
+                per[i].push(step(bin, &tmp.0, ring, rate, secs, threads, None)?);
+            }
+        }
+        rows.push((rate, per));
+    }
+    println!("\nA = {}\nB = {}", a.display(), b.display());
+    println!(
+        "| rate/s | binary | agent CPU µs/event (median) | agent CPU % (median) | missing | loss records |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (rate, per) in &rows {
+        for (i, steps) in per.iter().enumerate() {
+            let mut us: Vec<f64> = steps
+                .iter()
+                .map(|s| s.agent_cpu / 100.0 * s.seconds * 1e6 / s.generated.max(1) as f64)
+                .collect();
+            let mut pct: Vec<f64> = steps.iter().map(|s| s.agent_cpu).collect();
+            us.sort_by(f64::total_cmp);
+            pct.sort_by(f64::total_cmp);
+            let missing: u64 = steps.iter().map(Step::missing).sum();
+            let lost: u64 = steps.iter().map(|s| s.loss_records).sum();
+            println!(
+                "| {rate:.0} | {} | {:.2} | {:.0} % | {missing} | {lost} |",
+                ["A", "B"][i],
+                us.get(us.len() / 2).copied().unwrap_or(0.0),
+                pct.get(pct.len() / 2).copied().unwrap_or(0.0),
+            );
+        }
+    }
+    Ok(())
+}

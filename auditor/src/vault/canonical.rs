@@ -1,0 +1,871 @@
+//! Canonical JSON straight from a `Serialize` value: object keys sorted by their bytes, no
+//! whitespace, strings and numbers written exactly as `serde_json` writes them.
+//!
+//! The bytes equal [`canonical_json`](super::record::canonical_json) of the same value
+//! turned into a `serde_json::Value`, which is what the vault server stores for what an
+//! agent sends; the embedded local vault gets them without building that tree (a map
+//! allocation per object and a string per key were most of its cost per event).
+//!
+//! How an object is sorted without a tree: its values are written one after another at
+//! the end of the output, each key and byte range noted; at the object's end the entries
+//! are reordered by key into a scratch buffer that replaces those bytes. A key given twice
+//! keeps its last value, as a map would. The entry stack and the scratch buffer live in an
+//! [`Encoder`], reused from one event to the next, so encoding allocates nothing once warm.
+
+use std::ops::Range;
+
+use serde::{
+    Serialize,
+    ser::{self, Impossible},
+};
+
+/// Why a value has no JSON form (a map key that is not a string or an integer, or a
+/// custom `Serialize` that failed).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode as canonical JSON: {0}")]
+pub struct CanonicalError(String);
+
+impl ser::Error for CanonicalError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        CanonicalError(msg.to_string())
+    }
+}
+
+/// The canonical JSON of `value`.
+pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CanonicalError> {
+    Encoder::default().encode(value).map(<[u8]>::to_vec)
+}
+
+/// Reusable buffers for encoding many values.
+#[derive(Default)]
+pub struct Encoder {
+    out: Vec<u8>,
+    bufs: Bufs,
+}
+
+impl Encoder {
+    /// The canonical JSON of `value`, valid until the next call.
+    pub fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<&[u8], CanonicalError> {
+        self.out.clear();
+        self.bufs.entries.clear();
+        value.serialize(Ser {
+            out: &mut self.out,
+            bufs: &mut self.bufs,
+        })?;
+        Ok(&self.out)
+    }
+}
+
+/// The entries of every object still open (innermost last), their keys, and the buffers
+/// a closing object is sorted with.
+#[derive(Default)]
+struct Bufs {
+    entries: Vec<Entry>,
+    /// Key bytes of the open objects' entries (and of a map key awaiting its value).
+    keys: Vec<u8>,
+    sorted: Vec<u8>,
+    order: Vec<u32>,
+    /// Sorted orders seen lately, by a signature of the keys in arrival order: objects of
+    /// one shape arrive with their keys in the same order, so checking a remembered order
+    /// (one pass) usually replaces sorting. The check makes a stale or colliding entry
+    /// harmless: it only decides whether to sort.
+    orders: Vec<(u64, Vec<u32>)>,
+}
+
+/// How many object shapes are remembered (an event stream has a handful).
+const ORDER_CACHE_SLOTS: usize = 16;
+
+#[derive(Clone)]
+struct Entry {
+    /// The key's first 16 bytes, big-endian, zero-padded: orders keys with one integer
+    /// comparison (zero is the smallest byte, so a key sorts before its extensions); the
+    /// bytes themselves decide only between keys sharing those 16 bytes.
+    prefix: u128,
+    key: Range<usize>,
+    value: Range<usize>,
+}
+
+impl Entry {
+    fn new(keys: &[u8], key: Range<usize>, value: Range<usize>) -> Self {
+        let mut p = [0u8; 16];
+        let b = keys.get(key.clone()).unwrap_or_default();
+        let n = b.len().min(16);
+        p[..n].copy_from_slice(&b[..n]);
+        Entry {
+            prefix: u128::from_be_bytes(p),
+            key,
+            value,
+        }
+    }
+}
+
+/// Key order, then arrival order (so that among equal keys the last given is last).
+fn entry_order(entries: &[Entry], keys: &[u8], a: u32, b: u32) -> std::cmp::Ordering {
+    let (Some(x), Some(y)) = (entries.get(a as usize), entries.get(b as usize)) else {
+        return a.cmp(&b);
+    };
+    x.prefix
+        .cmp(&y.prefix)
+        .then_with(|| {
+            let kx = keys.get(x.key.clone()).unwrap_or_default();
+            let ky = keys.get(y.key.clone()).unwrap_or_default();
+            kx.cmp(ky)
+        })
+        .then(a.cmp(&b))
+}
+
+fn same_key(entries: &[Entry], keys: &[u8], a: u32, b: u32) -> bool {
+    match (entries.get(a as usize), entries.get(b as usize)) {
+        (Some(x), Some(y)) => {
+            x.prefix == y.prefix && keys.get(x.key.clone()) == keys.get(y.key.clone())
+        }
+        _ => false,
+    }
+}
+
+/// A key as a JSON string: copied as is when nothing in it needs escaping (every field
+/// name), else through serde_json.
+fn write_key(key: &[u8], out: &mut Vec<u8>) {
+    if key
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push(b'"');
+        out.extend_from_slice(key);
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, &*String::from_utf8_lossy(key)).is_err() {
+        // A str always serializes; the fallback keeps the output valid JSON.
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+/// A scalar, written by serde_json itself so its bytes are serde_json's.
+fn scalar<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), CanonicalError> {
+    serde_json::to_writer(out, v).map_err(|e| CanonicalError(e.to_string()))
+}
+
+struct Ser<'a> {
+    out: &'a mut Vec<u8>,
+    bufs: &'a mut Bufs,
+}
+
+impl<'a> ser::Serializer for Ser<'a> {
+    type Ok = ();
+    type Error = CanonicalError;
+    type SerializeSeq = Seq<'a>;
+    type SerializeTuple = Seq<'a>;
+    type SerializeTupleStruct = Seq<'a>;
+    type SerializeTupleVariant = Wrapped<Seq<'a>>;
+    type SerializeMap = Object<'a>;
+    type SerializeStruct = Object<'a>;
+    type SerializeStructVariant = Wrapped<Object<'a>>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), CanonicalError> {
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), CanonicalError> {
+        scalar(self.out, &v)
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), CanonicalError> {
+        scalar(self.out, &v)
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), CanonicalError> {
+        scalar(self.out, &v)
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), CanonicalError> {
+        scalar(self.out, &v)
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), CanonicalError> {
+        // A `Value` holds at most 64 bits: refuse what it would refuse.
+        match i64::try_from(v) {
+            Ok(v) => scalar(self.out, &v),
+            Err(_) => match u64::try_from(v) {
+                Ok(v) => scalar(self.out, &v),
+                Err(_) => Err(CanonicalError(format!("integer {v} does not fit 64 bits"))),
+            },
+        }
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), CanonicalError> {
+        scalar(self.out, &v)
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), CanonicalError> {
+        scalar(self.out, &v)
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), CanonicalError> {
+        scalar(self.out, &v)
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), CanonicalError> {
+        scalar(self.out, &v)
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), CanonicalError> {
+        match u64::try_from(v) {
+            Ok(v) => scalar(self.out, &v),
+            Err(_) => Err(CanonicalError(format!("integer {v} does not fit 64 bits"))),
+        }
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), CanonicalError> {
+        // As `Value` stores it: widened to f64 (non-finite becomes null).
+        self.serialize_f64(f64::from(v))
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), CanonicalError> {
+        match serde_json::Number::from_f64(v) {
+            Some(n) => {
+                self.out.extend_from_slice(n.to_string().as_bytes());
+                Ok(())
+            }
+            None => self.serialize_unit(),
+        }
+    }
+    fn serialize_char(self, v: char) -> Result<(), CanonicalError> {
+        scalar(self.out, &v)
+    }
+    fn serialize_str(self, v: &str) -> Result<(), CanonicalError> {
+        scalar(self.out, v)
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), CanonicalError> {
+        scalar(self.out, v)
+    }
+    fn serialize_none(self) -> Result<(), CanonicalError> {
+        self.serialize_unit()
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), CanonicalError> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), CanonicalError> {
+        self.out.extend_from_slice(b"null");
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), CanonicalError> {
+        self.serialize_unit()
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), CanonicalError> {
+        self.serialize_str(variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), CanonicalError> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), CanonicalError> {
+        // `{"variant":value}`: one key, already in order.
+        self.out.push(b'{');
+        scalar(self.out, variant)?;
+        self.out.push(b':');
+        value.serialize(Ser {
+            out: &mut *self.out,
+            bufs: &mut *self.bufs,
+        })?;
+        self.out.push(b'}');
+        Ok(())
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Seq<'a>, CanonicalError> {
+        self.out.push(b'[');
+        Ok(Seq {
+            out: self.out,
+            bufs: self.bufs,
+            first: true,
+        })
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Seq<'a>, CanonicalError> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        len: usize,
+    ) -> Result<Seq<'a>, CanonicalError> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Wrapped<Seq<'a>>, CanonicalError> {
+        self.out.push(b'{');
+        scalar(self.out, variant)?;
+        self.out.push(b':');
+        Ok(Wrapped(self.serialize_seq(Some(len))?))
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Object<'a>, CanonicalError> {
+        Ok(Object::new(self.out, self.bufs))
+    }
+    fn serialize_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Object<'a>, CanonicalError> {
+        Ok(Object::new(self.out, self.bufs))
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Wrapped<Object<'a>>, CanonicalError> {
+        self.out.push(b'{');
+        scalar(self.out, variant)?;
+        self.out.push(b':');
+        Ok(Wrapped(Object::new(self.out, self.bufs)))
+    }
+}
+
+/// An array being written.
+pub struct Seq<'a> {
+    out: &'a mut Vec<u8>,
+    bufs: &'a mut Bufs,
+    first: bool,
+}
+
+impl Seq<'_> {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), CanonicalError> {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        value.serialize(Ser {
+            out: &mut *self.out,
+            bufs: &mut *self.bufs,
+        })
+    }
+
+    fn close(self) {
+        self.out.push(b']');
+    }
+}
+
+impl ser::SerializeSeq for Seq<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
+        self.element(v)
+    }
+    fn end(self) -> Result<(), CanonicalError> {
+        self.close();
+        Ok(())
+    }
+}
+
+impl ser::SerializeTuple for Seq<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
+        self.element(v)
+    }
+    fn end(self) -> Result<(), CanonicalError> {
+        self.close();
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleStruct for Seq<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
+        self.element(v)
+    }
+    fn end(self) -> Result<(), CanonicalError> {
+        self.close();
+        Ok(())
+    }
+}
+
+/// An object being written: values in arrival order at the end of `out`, sorted at `end`.
+pub struct Object<'a> {
+    out: &'a mut Vec<u8>,
+    bufs: &'a mut Bufs,
+    /// Where this object's bytes start in `out`.
+    start: usize,
+    /// Where this object's entries and key bytes start in `bufs` (those above are its own).
+    first_entry: usize,
+    first_key: usize,
+    /// A map key given by `serialize_key` (its bytes in `bufs.keys`), awaiting its value.
+    key: Option<Range<usize>>,
+}
+
+impl<'a> Object<'a> {
+    fn new(out: &'a mut Vec<u8>, bufs: &'a mut Bufs) -> Self {
+        Object {
+            start: out.len(),
+            first_entry: bufs.entries.len(),
+            first_key: bufs.keys.len(),
+            out,
+            bufs,
+            key: None,
+        }
+    }
+
+    fn entry<T: Serialize + ?Sized>(
+        &mut self,
+        key: Range<usize>,
+        value: &T,
+    ) -> Result<(), CanonicalError> {
+        let from = self.out.len();
+        // A nested object pushes its entries and keys above ours and pops them on close.
+        value.serialize(Ser {
+            out: &mut *self.out,
+            bufs: &mut *self.bufs,
+        })?;
+        let e = Entry::new(&self.bufs.keys, key, from..self.out.len());
+        self.bufs.entries.push(e);
+        Ok(())
+    }
+
+    fn push_key(&mut self, key: &[u8]) -> Range<usize> {
+        let at = self.bufs.keys.len();
+        self.bufs.keys.extend_from_slice(key);
+        at..self.bufs.keys.len()
+    }
+
+    /// Writes the sorted object in place of the values; hands back the output.
+    fn close(self) -> &'a mut Vec<u8> {
+        let Bufs {
+            entries,
+            keys,
+            sorted,
+            order,
+            orders,
+        } = &mut *self.bufs;
+        let own = entries.get(self.first_entry..).unwrap_or_default();
+        let n = own.len();
+        let sig = own.iter().fold(n as u64, |h, e| {
+            (h.rotate_left(7) ^ (e.prefix as u64) ^ ((e.prefix >> 64) as u64))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        });
+        order.clear();
+        let sorted_by = |o: &[u32]| {
+            o.len() == n
+                && o.windows(2)
+                    .all(|w| entry_order(own, keys, w[0], w[1]) == std::cmp::Ordering::Less)
+        };
+        match orders.iter().find(|(s, o)| *s == sig && sorted_by(o)) {
+            Some((_, o)) => order.extend_from_slice(o),
+            None => {
+                order.extend(0..n as u32);
+                order.sort_unstable_by(|&a, &b| entry_order(own, keys, a, b));
+                if orders.len() >= ORDER_CACHE_SLOTS {
+                    orders.remove(0);
+                }
+                orders.push((sig, order.clone()));
+            }
+        }
+        sorted.clear();
+        sorted.push(b'{');
+        let mut first = true;
+        for (i, &at) in order.iter().enumerate() {
+            if order
+                .get(i + 1)
+                .is_some_and(|&next| same_key(own, keys, at, next))
+            {
+                continue; // a later value for the same key replaces this one
+            }
+            let Some(e) = own.get(at as usize) else {
+                continue;
+            };
+            if !first {
+                sorted.push(b',');
+            }
+            first = false;
+            write_key(keys.get(e.key.clone()).unwrap_or_default(), sorted);
+            sorted.push(b':');
+            sorted.extend_from_slice(self.out.get(e.value.clone()).unwrap_or(b"null"));
+        }
+        sorted.push(b'}');
+        entries.truncate(self.first_entry);
+        keys.truncate(self.first_key);
+        if self.start == 0 {
+            // The outermost object: the sorted bytes are the whole output.
+            std::mem::swap(self.out, sorted);
+        } else {
+            self.out.truncate(self.start);
+            self.out.extend_from_slice(sorted);
+        }
+        self.out
+    }
+}
+
+impl ser::SerializeMap for Object<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), CanonicalError> {
+        let at = self.bufs.keys.len();
+        key.serialize(KeySer {
+            keys: &mut self.bufs.keys,
+        })?;
+        self.key = Some(at..self.bufs.keys.len());
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
+        let key = self
+            .key
+            .take()
+            .ok_or_else(|| CanonicalError("map value without a key".into()))?;
+        self.entry(key, v)
+    }
+    fn end(self) -> Result<(), CanonicalError> {
+        self.close();
+        Ok(())
+    }
+}
+
+impl ser::SerializeStruct for Object<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        v: &T,
+    ) -> Result<(), CanonicalError> {
+        let key = self.push_key(key.as_bytes());
+        self.entry(key, v)
+    }
+    fn end(self) -> Result<(), CanonicalError> {
+        self.close();
+        Ok(())
+    }
+}
+
+/// A variant's content inside `{"variant":...}`.
+pub struct Wrapped<T>(T);
+
+impl ser::SerializeTupleVariant for Wrapped<Seq<'_>> {
+    type Ok = ();
+    type Error = CanonicalError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
+        self.0.element(v)
+    }
+    fn end(self) -> Result<(), CanonicalError> {
+        let Wrapped(seq) = self;
+        seq.out.extend_from_slice(b"]}");
+        Ok(())
+    }
+}
+
+impl ser::SerializeStructVariant for Wrapped<Object<'_>> {
+    type Ok = ();
+    type Error = CanonicalError;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        v: &T,
+    ) -> Result<(), CanonicalError> {
+        let key = self.0.push_key(key.as_bytes());
+        self.0.entry(key, v)
+    }
+    fn end(self) -> Result<(), CanonicalError> {
+        let Wrapped(obj) = self;
+        obj.close().push(b'}');
+        Ok(())
+    }
+}
+
+/// Map keys: JSON keys are strings; integers and chars become their text, as serde_json
+/// does. Anything else is refused.
+struct KeySer<'k> {
+    keys: &'k mut Vec<u8>,
+}
+
+impl KeySer<'_> {
+    fn text(self, v: impl std::fmt::Display) -> Result<(), CanonicalError> {
+        use std::io::Write;
+        write!(self.keys, "{v}").map_err(|e| CanonicalError(e.to_string()))
+    }
+}
+
+impl ser::Serializer for KeySer<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+    type SerializeSeq = Impossible<(), CanonicalError>;
+    type SerializeTuple = Impossible<(), CanonicalError>;
+    type SerializeTupleStruct = Impossible<(), CanonicalError>;
+    type SerializeTupleVariant = Impossible<(), CanonicalError>;
+    type SerializeMap = Impossible<(), CanonicalError>;
+    type SerializeStruct = Impossible<(), CanonicalError>;
+    type SerializeStructVariant = Impossible<(), CanonicalError>;
+
+    fn serialize_str(self, v: &str) -> Result<(), CanonicalError> {
+        self.keys.extend_from_slice(v.as_bytes());
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result<(), CanonicalError> {
+        self.text(v)
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), CanonicalError> {
+        self.keys.extend_from_slice(variant.as_bytes());
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), CanonicalError> {
+        value.serialize(self)
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), CanonicalError> {
+        self.text(v)
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), CanonicalError> {
+        self.text(v)
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), CanonicalError> {
+        self.text(v)
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), CanonicalError> {
+        self.text(v)
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), CanonicalError> {
+        self.text(v)
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), CanonicalError> {
+        self.text(v)
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), CanonicalError> {
+        self.text(v)
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), CanonicalError> {
+        self.text(v)
+    }
+    fn serialize_bool(self, _v: bool) -> Result<(), CanonicalError> {
+        Err(not_a_key("a boolean"))
+    }
+    fn serialize_f32(self, _v: f32) -> Result<(), CanonicalError> {
+        Err(not_a_key("a float"))
+    }
+    fn serialize_f64(self, _v: f64) -> Result<(), CanonicalError> {
+        Err(not_a_key("a float"))
+    }
+    fn serialize_bytes(self, _v: &[u8]) -> Result<(), CanonicalError> {
+        Err(not_a_key("bytes"))
+    }
+    fn serialize_none(self) -> Result<(), CanonicalError> {
+        Err(not_a_key("null"))
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, _v: &T) -> Result<(), CanonicalError> {
+        Err(not_a_key("an option"))
+    }
+    fn serialize_unit(self) -> Result<(), CanonicalError> {
+        Err(not_a_key("null"))
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), CanonicalError> {
+        Err(not_a_key("null"))
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _value: &T,
+    ) -> Result<(), CanonicalError> {
+        Err(not_a_key("an enum variant with data"))
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, CanonicalError> {
+        Err(not_a_key("an array"))
+    }
+    fn serialize_tuple(self, _len: usize) -> Result<Self::SerializeTuple, CanonicalError> {
+        Err(not_a_key("a tuple"))
+    }
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleStruct, CanonicalError> {
+        Err(not_a_key("a tuple"))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleVariant, CanonicalError> {
+        Err(not_a_key("an enum variant with data"))
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, CanonicalError> {
+        Err(not_a_key("an object"))
+    }
+    fn serialize_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStruct, CanonicalError> {
+        Err(not_a_key("an object"))
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStructVariant, CanonicalError> {
+        Err(not_a_key("an enum variant with data"))
+    }
+}
+
+fn not_a_key(what: &str) -> CanonicalError {
+    CanonicalError(format!(
+        "an object key must be a string or an integer, not {what}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::vault::record::canonical_json;
+
+    fn same_as_value_path<T: Serialize>(v: &T) {
+        let direct = to_vec(v).unwrap();
+        let via_value = canonical_json(&serde_json::to_value(v).unwrap());
+        assert_eq!(
+            String::from_utf8_lossy(&direct),
+            String::from_utf8_lossy(&via_value)
+        );
+    }
+
+    #[test]
+    fn nested_objects_arrays_and_escapes() {
+        same_as_value_path(&json!({
+            "z": 1, "a": [3, {"y": null, "b": "é\"\\\n\u{1}"}], "m": {"k2": true, "k1": -7},
+            "": 0, "aa": 1.5, "big": u64::MAX
+        }));
+    }
+
+    #[derive(Serialize)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    enum Tagged {
+        One { b: u8, a: Option<String> },
+        Two(Inner),
+    }
+
+    #[derive(Serialize)]
+    struct Inner {
+        zed: Vec<u16>,
+        #[serde(flatten)]
+        more: Flat,
+    }
+
+    #[derive(Serialize)]
+    struct Flat {
+        alpha: char,
+        e: External,
+    }
+
+    #[derive(Serialize)]
+    enum External {
+        Unit,
+        New(i32),
+        Tuple(i8, i8),
+        Struct { y: u8, x: u8 },
+    }
+
+    #[derive(Serialize)]
+    struct Outer {
+        seq: u64,
+        #[serde(flatten)]
+        body: Tagged,
+        list: Vec<External>,
+        map: std::collections::HashMap<u32, &'static str>,
+    }
+
+    #[test]
+    fn flatten_tags_and_every_enum_shape() {
+        for body in [
+            Tagged::One {
+                b: 2,
+                a: Some("x".into()),
+            },
+            Tagged::Two(Inner {
+                zed: vec![3, 1],
+                more: Flat {
+                    alpha: 'q',
+                    e: External::Struct { y: 1, x: 2 },
+                },
+            }),
+        ] {
+            same_as_value_path(&Outer {
+                seq: 9,
+                body,
+                list: vec![
+                    External::Unit,
+                    External::New(-1),
+                    External::Tuple(1, 2),
+                    External::Struct { y: 0, x: 0 },
+                ],
+                map: [(10, "ten"), (2, "two")].into_iter().collect(),
+            });
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_last_value() {
+        #[derive(Serialize)]
+        struct Twice {
+            a: u8,
+            #[serde(flatten)]
+            inner: std::collections::BTreeMap<&'static str, u8>,
+        }
+        let v = Twice {
+            a: 1,
+            inner: [("a", 2), ("b", 3)].into_iter().collect(),
+        };
+        assert_eq!(to_vec(&v).unwrap(), br#"{"a":2,"b":3}"#);
+        same_as_value_path(&v);
+    }
+
+    #[test]
+    fn a_non_string_key_is_refused_with_the_reason() {
+        let m: std::collections::BTreeMap<bool, u8> = [(true, 1)].into_iter().collect();
+        let e = to_vec(&m).unwrap_err().to_string();
+        assert!(e.contains("not a boolean"), "{e}");
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,6}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn equals_canonical_json_of_any_value(v in arb_value()) {
+            prop_assert_eq!(to_vec(&v).unwrap(), canonical_json(&v));
+        }
+    }
+}
