@@ -40,8 +40,8 @@ impl LocalVault {
     }
 
     /// Appends one event (written, not yet fsynced: call [`flush`](Self::flush)). Same
-    /// rules as the server for gaps and seqs at or below the highest (a gap record, an
-    /// out-of-order record); a resent seq is not looked up (see [`SeqIndex::MaxOnly`]).
+    /// rules as the server: a repeated seq is stored once, a skipped one leaves a gap
+    /// record; only the last few thousand seqs are remembered (see [`SeqIndex::Recent`]).
     pub fn append(&mut self, seq: u64, event: &Value) -> Result<(), VaultError> {
         self.append_canonical(vec![(seq, super::record::canonical_json(event))])
     }
@@ -56,7 +56,7 @@ impl LocalVault {
             return Ok(());
         }
         self.store
-            .ingest_canonical(&self.boot_id, events, false, SeqIndex::MaxOnly)?;
+            .ingest_canonical(&self.boot_id, events, false, SeqIndex::Recent)?;
         Ok(())
     }
 

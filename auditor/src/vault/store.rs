@@ -83,11 +83,12 @@ pub(crate) enum SeqIndex {
     /// Every (boot, seq) is remembered with its location, so a resend is recognised as a
     /// duplicate (or a conflicting replay) however late it comes: the server.
     Full,
-    /// Only the highest seq of each boot: for a writer whose seqs only ever increase (the
-    /// embedded local vault, fed by one sequencer), where the full index would grow by an
-    /// entry per event for nothing. A seq at or below the highest is stored with an
+    /// Only the last [`RECENT_SEQS`] seqs of each boot: for a writer whose seqs only ever
+    /// increase (the embedded local vault, fed by one sequencer), where the full index
+    /// would grow by an entry per event for nothing. A resend of a recent seq is still a
+    /// duplicate (or a replay); an older seq at or below the highest is stored with an
     /// `out_of_order` record, as the server does for a seq it never saw.
-    MaxOnly,
+    Recent,
 }
 
 /// `{"boot_id":<boot>,"seq":<seq>}`, canonical, from the boot id already JSON-escaped.
@@ -105,7 +106,23 @@ fn data_meta(boot_json: &[u8], seq: u64) -> Vec<u8> {
 struct BootState {
     max_seq: u64,
     seqs: HashMap<u64, Loc>,
+    /// [`SeqIndex::Recent`]: the latest seqs stored in order, ascending, at most
+    /// [`RECENT_SEQS`].
+    recent: std::collections::VecDeque<(u64, Loc)>,
     loss: Option<(u64, u64)>,
+}
+
+/// Seqs a [`SeqIndex::Recent`] boot remembers.
+const RECENT_SEQS: usize = 4096;
+
+impl BootState {
+    fn find(&self, seq: u64) -> Option<Loc> {
+        if let Some(loc) = self.seqs.get(&seq) {
+            return Some(*loc);
+        }
+        let at = self.recent.binary_search_by_key(&seq, |r| r.0).ok()?;
+        self.recent.get(at).map(|r| r.1)
+    }
 }
 
 /// What one ingest request did.
@@ -577,44 +594,46 @@ impl HostStore {
         // Data records of this batch: seq, and position in `pending` (for a resend of the
         // same seq within the batch).
         let mut stored: Vec<(u64, usize)> = Vec::with_capacity(records.len());
-        let mut in_batch: HashMap<u64, usize> = HashMap::new();
         for (seq, payload) in records {
-            if index == SeqIndex::Full {
-                let earlier = match in_batch.get(&seq) {
-                    Some(&i) => Some((pending.get(i).map(|p| p.payload.clone()), None)),
-                    None => match boot.seqs.get(&seq) {
-                        Some(loc) => Some((self.read_payload(*loc)?, Some(*loc))),
+            // Only a seq at or below the highest so far can have been stored before.
+            let earlier = if seq > max {
+                None
+            } else {
+                match stored.iter().rev().find(|s| s.0 == seq) {
+                    Some(&(_, i)) => Some((pending.get(i).map(|p| p.payload.clone()), None)),
+                    None => match boot.find(seq) {
+                        Some(loc) => Some((self.read_payload(loc)?, Some(loc))),
                         None => None,
                     },
-                };
-                if let Some((previous, loc)) = earlier {
-                    match previous {
-                        // An erased payload cannot be compared: treat the resend as a duplicate.
-                        Some(previous) if previous != payload => {
-                            out.conflicts += 1;
-                            let stored_record = loc
-                                .and_then(|l| self.index_at(l))
-                                .map(|i| record_id(&self.host, i));
-                            let offered: Value =
-                                serde_json::from_slice(&payload).unwrap_or_else(|_| {
-                                    Value::String(String::from_utf8_lossy(&payload).into_owned())
-                                });
-                            pending.push(Pending::new(
-                                RecordKind::Replay,
-                                &json!({"boot_id": boot_id, "seq": seq}),
-                                &json!({
-                                    "host": self.host,
-                                    "boot_id": boot_id,
-                                    "seq": seq,
-                                    "stored_record": stored_record,
-                                    "offered_event": offered,
-                                }),
-                            ));
-                        }
-                        _ => out.duplicates += 1,
-                    }
-                    continue;
                 }
+            };
+            if let Some((previous, loc)) = earlier {
+                match previous {
+                    // An erased payload cannot be compared: treat the resend as a duplicate.
+                    Some(previous) if previous != payload => {
+                        out.conflicts += 1;
+                        let stored_record = loc
+                            .and_then(|l| self.index_at(l))
+                            .map(|i| record_id(&self.host, i));
+                        let offered: Value =
+                            serde_json::from_slice(&payload).unwrap_or_else(|_| {
+                                Value::String(String::from_utf8_lossy(&payload).into_owned())
+                            });
+                        pending.push(Pending::new(
+                            RecordKind::Replay,
+                            &json!({"boot_id": boot_id, "seq": seq}),
+                            &json!({
+                                "host": self.host,
+                                "boot_id": boot_id,
+                                "seq": seq,
+                                "stored_record": stored_record,
+                                "offered_event": offered,
+                            }),
+                        ));
+                    }
+                    _ => out.duplicates += 1,
+                }
+                continue;
             }
             if seq > max.saturating_add(1) {
                 out.gaps.push((max + 1, seq - 1));
@@ -643,9 +662,6 @@ impl HostStore {
                     }),
                 ));
             }
-            if index == SeqIndex::Full {
-                in_batch.insert(seq, pending.len());
-            }
             stored.push((seq, pending.len()));
             pending.push(Pending {
                 kind: RecordKind::Data,
@@ -659,10 +675,21 @@ impl HostStore {
         let locs = self.append(pending, sync)?;
         let b = self.boots.entry(boot_id.to_owned()).or_default();
         for (seq, at) in stored {
-            if index == SeqIndex::Full
-                && let Some(&(_, loc)) = locs.get(at)
-            {
-                b.seqs.insert(seq, loc);
+            let Some(&(_, loc)) = locs.get(at) else {
+                continue;
+            };
+            match index {
+                SeqIndex::Full => {
+                    b.seqs.insert(seq, loc);
+                }
+                // In order only, so the window stays sorted for its binary search.
+                SeqIndex::Recent if seq > b.max_seq => {
+                    if b.recent.len() >= RECENT_SEQS {
+                        b.recent.pop_front();
+                    }
+                    b.recent.push_back((seq, loc));
+                }
+                SeqIndex::Recent => {}
             }
             b.max_seq = b.max_seq.max(seq);
         }
@@ -852,6 +879,41 @@ mod tests {
         let o = s.ingest("b", vec![(3, ev(99))], true).unwrap();
         assert_eq!((o.stored, o.duplicates, o.conflicts), (0, 0, 1));
         assert_eq!(s.head().1, 4);
+    }
+
+    #[test]
+    fn the_recent_index_dedups_recent_seqs_and_keeps_memory_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = HostStore::open(d.path(), "h").unwrap();
+        let total = RECENT_SEQS as u64 + 10;
+        let batch = (1..=total)
+            .map(|n| (n, canonical_json(&ev(n))))
+            .collect::<Vec<_>>();
+        let o = s
+            .ingest_canonical("b", batch, false, SeqIndex::Recent)
+            .unwrap();
+        assert_eq!(o.stored, total);
+        let boot = &s.boots["b"];
+        assert_eq!((boot.seqs.len(), boot.recent.len()), (0, RECENT_SEQS));
+        // A recent seq resent: a duplicate, or a replay when it differs.
+        let again = vec![(total, canonical_json(&ev(total)))];
+        let o = s
+            .ingest_canonical("b", again, false, SeqIndex::Recent)
+            .unwrap();
+        assert_eq!((o.stored, o.duplicates, o.conflicts), (0, 1, 0));
+        let changed = vec![(total - 1, canonical_json(&ev(1)))];
+        let o = s
+            .ingest_canonical("b", changed, false, SeqIndex::Recent)
+            .unwrap();
+        assert_eq!((o.stored, o.duplicates, o.conflicts), (0, 0, 1));
+        // One from before the window: stored again, with an out_of_order record.
+        let old = vec![(1, canonical_json(&ev(1)))];
+        let head = s.head().1;
+        let o = s
+            .ingest_canonical("b", old, false, SeqIndex::Recent)
+            .unwrap();
+        assert_eq!((o.stored, o.duplicates), (1, 0));
+        assert_eq!(s.head().1, head + 2);
     }
 
     #[test]
