@@ -38,11 +38,17 @@ pub enum BtfError {
 }
 
 /// Loads the BTF of the running kernel (or the file at `path`).
+///
+/// Mapped rather than read when the file allows it (sysfs does since Linux 6.16): only
+/// the few structs looked up are ever decoded, where reading parses every type of the
+/// kernel into memory (that parse alone set the agent's peak memory).
 pub fn load(path: &Path) -> Result<Btf, BtfError> {
-    Btf::from_file(path).map_err(|source| BtfError::Open {
-        path: path.to_path_buf(),
-        source,
-    })
+    Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
+        .or_else(|_| Btf::from_file(path))
+        .map_err(|source| BtfError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Resolves every entry of the offset table.

@@ -208,7 +208,11 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     settings.self_tgid = std::process::id();
     settings.file_filter = 1;
 
+    // No kernel BTF for aya: Rust eBPF carries no CO-RE relocations (the offsets above
+    // are how kernel layouts reach the programs), and parsing the kernel's BTF a second
+    // time only raised the agent's peak memory.
     let mut ebpf = EbpfLoader::new()
+        .btf(None)
         .override_global(names::OFFSETS, &offsets, true)
         .override_global(names::SETTINGS, &settings, true)
         .map_max_entries(names::EVENTS, opts.ring_bytes)
