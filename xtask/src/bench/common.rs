@@ -227,6 +227,31 @@ pub fn peak_rss_kib(pid: u32) -> Result<u64> {
 
 /// The agent's resident memory by kind right now (RssAnon, RssFile, RssShmem), in KiB:
 /// says whether the peak is heap or mapped ring-buffer pages.
+/// Resident KiB of the BPF maps mapped into `pid` (for the agent: the ring buffer, whose
+/// data pages the kernel maps twice so records can wrap; kernel memory, counted in RSS).
+pub fn bpf_map_rss_kib(pid: u32) -> Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .with_context(|| format!("reading /proc/{pid}/smaps"))?;
+    let mut in_map = false;
+    let mut kib = 0;
+    for l in smaps.lines() {
+        let mut words = l.split_whitespace();
+        match words.next() {
+            Some("Rss:") if in_map => {
+                kib += words
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            Some(first) if first.contains('-') && !first.ends_with(':') => {
+                in_map = l.ends_with("anon_inode:bpf-map");
+            }
+            _ => {}
+        }
+    }
+    Ok(kib)
+}
+
 pub fn rss_breakdown(pid: u32) -> Result<Vec<(String, u64)>> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;

@@ -77,6 +77,9 @@ enum Which {
         files: u32,
         #[arg(long, default_value_t = 5000)]
         connects: u32,
+        /// Run this auditor binary instead of building this tree's (for before/after).
+        #[arg(long)]
+        bin: Option<std::path::PathBuf>,
     },
     /// Step the connect-event rate up until the first loss through kernel -> agent -> vault.
     MaxRate {
@@ -174,8 +177,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             execs,
             files,
             connects,
+            ref bin,
         } => {
-            let bin = build::build_auditor(true)?;
+            let bin = match bin {
+                Some(b) => b.clone(),
+                None => build::build_auditor(true)?,
+            };
             let r = storms::run(
                 &bin,
                 storms::StormCounts {

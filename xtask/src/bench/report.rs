@@ -378,10 +378,16 @@ pub fn markdown(a: &All) -> String {
         let _ = writeln!(
             s,
             "\nAgent peak RSS (VmHWM): **{:.1} MiB** over the whole run; already {:.1} MiB right \
-             after its programs were attached, before any load. Resident at the end: {}.",
+             after its programs were attached, before any load. Resident at the end: {}. \
+             {:.1} MiB of it is the kernel's ring buffer mapped into the agent: the kernel maps \
+             the ring's data pages twice (so a record can wrap around its end), and RSS counts \
+             both mappings of the same kernel memory; its size is `--ring-buffer-size`. The \
+             agent's own memory at its peak is therefore **{:.1} MiB**.",
             p.peak_rss_mib,
             p.hwm_attached,
-            parts.join(", ")
+            parts.join(", "),
+            p.ring_mapped_mib,
+            p.peak_rss_mib - p.ring_mapped_mib
         );
         if let Some(ph) = p.phases.first() {
             targets.push((
@@ -391,9 +397,18 @@ pub fn markdown(a: &All) -> String {
             ));
         }
         targets.push((
-            "agent RSS ≤ 40 MB".into(),
+            "agent RSS ≤ 40 MB (VmHWM, every mapping)".into(),
             format!("{:.1} MiB", p.peak_rss_mib),
             p.peak_rss_mib * 1.048576 <= 40.0,
+        ));
+        let own = p.peak_rss_mib - p.ring_mapped_mib;
+        targets.push((
+            "agent RSS ≤ 40 MB, not counting the ring buffer mapping".into(),
+            format!(
+                "{own:.1} MiB ({:.1} MiB of ring mapping left out)",
+                p.ring_mapped_mib
+            ),
+            own * 1.048576 <= 40.0,
         ));
         if let Some(i) = &p.ingest {
             let _ = writeln!(
