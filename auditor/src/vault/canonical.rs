@@ -9,8 +9,10 @@
 //! How an object is sorted without a tree: its values are written one after another at
 //! the end of the output, each key and byte range noted; at the object's end the entries
 //! are reordered by key into a scratch buffer that replaces those bytes. A key given twice
-//! keeps its last value, as a map would. The entry stack and the scratch buffer live in an
-//! [`Encoder`], reused from one event to the next, so encoding allocates nothing once warm.
+//! keeps its last value, as a map would. Objects of one type come with the same keys in
+//! the same order, so each shape's sorted order and rendered keys are remembered and found
+//! again by comparing the key bytes. The buffers and that cache live in an [`Encoder`],
+//! reused from one event to the next, so encoding allocates nothing once warm.
 
 use std::ops::Range;
 
@@ -61,66 +63,73 @@ impl Encoder {
 #[derive(Default)]
 struct Bufs {
     entries: Vec<Entry>,
-    /// Key bytes of the open objects' entries (and of a map key awaiting its value).
+    /// Key bytes of the open objects' entries in arrival order, each followed by
+    /// [`KEY_END`] (and a map key awaiting its value).
     keys: Vec<u8>,
     sorted: Vec<u8>,
-    order: Vec<u32>,
-    /// Sorted orders seen lately, by a signature of the keys in arrival order: objects of
-    /// one shape arrive with their keys in the same order, so checking a remembered order
-    /// (one pass) usually replaces sorting. The check makes a stale or colliding entry
-    /// harmless: it only decides whether to sort.
-    orders: Vec<(u64, Vec<u32>)>,
+    /// Object shapes seen lately (see [`Shape`]), newest last.
+    shapes: Vec<Shape>,
 }
 
+/// Ends each key in [`Bufs::keys`]: a byte that never occurs in UTF-8, so the sequence of
+/// keys of an object is one unambiguous byte string.
+const KEY_END: u8 = 0xff;
+
 /// How many object shapes are remembered (an event stream has a handful).
-const ORDER_CACHE_SLOTS: usize = 16;
+const SHAPE_CACHE_SLOTS: usize = 16;
+
+/// One object shape: its keys in arrival order, and how to write such an object sorted.
+/// Objects of one type arrive with the same keys in the same order, so a shape found by
+/// comparing the key bytes (one `memcmp`) replaces sorting and escaping keys.
+struct Shape {
+    /// The keys in arrival order, each followed by [`KEY_END`].
+    arrival: Vec<u8>,
+    /// Per output position: the entry (arrival index) and its rendered `"key":`. A key
+    /// given more than once appears once, with its last value.
+    out: Vec<(u32, Range<usize>)>,
+    rendered: Vec<u8>,
+}
+
+impl Shape {
+    /// Sorts the keys of `entries` (their bytes in `keys`), the slow way.
+    fn new(entries: &[Entry], keys: &[u8], arrival: &[u8]) -> Shape {
+        let key = |e: &Entry| keys.get(e.key.clone()).unwrap_or_default();
+        let mut order: Vec<u32> = (0..entries.len() as u32).collect();
+        // Stable: among equal keys the last given ends up last, and wins below.
+        order.sort_by(|&a, &b| {
+            let ka = entries.get(a as usize).map(key).unwrap_or_default();
+            let kb = entries.get(b as usize).map(key).unwrap_or_default();
+            ka.cmp(kb)
+        });
+        let mut rendered = Vec::new();
+        let mut out = Vec::with_capacity(order.len());
+        for (i, &at) in order.iter().enumerate() {
+            let this = entries.get(at as usize).map(key);
+            let next = order
+                .get(i + 1)
+                .and_then(|&n| entries.get(n as usize))
+                .map(key);
+            if next.is_some() && next == this {
+                continue; // a later value for the same key replaces this one
+            }
+            let from = rendered.len();
+            write_key(this.unwrap_or_default(), &mut rendered);
+            rendered.push(b':');
+            out.push((at, from..rendered.len()));
+        }
+        Shape {
+            arrival: arrival.to_vec(),
+            out,
+            rendered,
+        }
+    }
+}
 
 #[derive(Clone)]
 struct Entry {
-    /// The key's first 16 bytes, big-endian, zero-padded: orders keys with one integer
-    /// comparison (zero is the smallest byte, so a key sorts before its extensions); the
-    /// bytes themselves decide only between keys sharing those 16 bytes.
-    prefix: u128,
+    /// The key's bytes in [`Bufs::keys`] (without its [`KEY_END`]).
     key: Range<usize>,
     value: Range<usize>,
-}
-
-impl Entry {
-    fn new(keys: &[u8], key: Range<usize>, value: Range<usize>) -> Self {
-        let mut p = [0u8; 16];
-        let b = keys.get(key.clone()).unwrap_or_default();
-        let n = b.len().min(16);
-        p[..n].copy_from_slice(&b[..n]);
-        Entry {
-            prefix: u128::from_be_bytes(p),
-            key,
-            value,
-        }
-    }
-}
-
-/// Key order, then arrival order (so that among equal keys the last given is last).
-fn entry_order(entries: &[Entry], keys: &[u8], a: u32, b: u32) -> std::cmp::Ordering {
-    let (Some(x), Some(y)) = (entries.get(a as usize), entries.get(b as usize)) else {
-        return a.cmp(&b);
-    };
-    x.prefix
-        .cmp(&y.prefix)
-        .then_with(|| {
-            let kx = keys.get(x.key.clone()).unwrap_or_default();
-            let ky = keys.get(y.key.clone()).unwrap_or_default();
-            kx.cmp(ky)
-        })
-        .then(a.cmp(&b))
-}
-
-fn same_key(entries: &[Entry], keys: &[u8], a: u32, b: u32) -> bool {
-    match (entries.get(a as usize), entries.get(b as usize)) {
-        (Some(x), Some(y)) => {
-            x.prefix == y.prefix && keys.get(x.key.clone()) == keys.get(y.key.clone())
-        }
-        _ => false,
-    }
 }
 
 /// A key as a JSON string: copied as is when nothing in it needs escaping (every field
@@ -423,15 +432,19 @@ impl<'a> Object<'a> {
             out: &mut *self.out,
             bufs: &mut *self.bufs,
         })?;
-        let e = Entry::new(&self.bufs.keys, key, from..self.out.len());
-        self.bufs.entries.push(e);
+        self.bufs.entries.push(Entry {
+            key,
+            value: from..self.out.len(),
+        });
         Ok(())
     }
 
     fn push_key(&mut self, key: &[u8]) -> Range<usize> {
         let at = self.bufs.keys.len();
         self.bufs.keys.extend_from_slice(key);
-        at..self.bufs.keys.len()
+        let end = self.bufs.keys.len();
+        self.bufs.keys.push(KEY_END);
+        at..end
     }
 
     /// Writes the sorted object in place of the values; hands back the output.
@@ -440,52 +453,34 @@ impl<'a> Object<'a> {
             entries,
             keys,
             sorted,
-            order,
-            orders,
+            shapes,
         } = &mut *self.bufs;
         let own = entries.get(self.first_entry..).unwrap_or_default();
-        let n = own.len();
-        let sig = own.iter().fold(n as u64, |h, e| {
-            (h.rotate_left(7) ^ (e.prefix as u64) ^ ((e.prefix >> 64) as u64))
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        });
-        order.clear();
-        let sorted_by = |o: &[u32]| {
-            o.len() == n
-                && o.windows(2)
-                    .all(|w| entry_order(own, keys, w[0], w[1]) == std::cmp::Ordering::Less)
-        };
-        match orders.iter().find(|(s, o)| *s == sig && sorted_by(o)) {
-            Some((_, o)) => order.extend_from_slice(o),
+        let arrival = keys.get(self.first_key..).unwrap_or_default();
+        let found = shapes
+            .iter()
+            .rposition(|sh| sh.arrival.len() == arrival.len() && sh.arrival == arrival);
+        let at = match found {
+            Some(i) => i,
             None => {
-                order.extend(0..n as u32);
-                order.sort_unstable_by(|&a, &b| entry_order(own, keys, a, b));
-                if orders.len() >= ORDER_CACHE_SLOTS {
-                    orders.remove(0);
+                if shapes.len() >= SHAPE_CACHE_SLOTS {
+                    shapes.remove(0);
                 }
-                orders.push((sig, order.clone()));
+                shapes.push(Shape::new(own, keys, arrival));
+                shapes.len() - 1
             }
-        }
+        };
         sorted.clear();
         sorted.push(b'{');
-        let mut first = true;
-        for (i, &at) in order.iter().enumerate() {
-            if order
-                .get(i + 1)
-                .is_some_and(|&next| same_key(own, keys, at, next))
-            {
-                continue; // a later value for the same key replaces this one
+        if let Some(shape) = shapes.get(at) {
+            for (i, (entry, key)) in shape.out.iter().enumerate() {
+                if i > 0 {
+                    sorted.push(b',');
+                }
+                sorted.extend_from_slice(shape.rendered.get(key.clone()).unwrap_or_default());
+                let value = own.get(*entry as usize).map(|e| e.value.clone());
+                sorted.extend_from_slice(value.and_then(|v| self.out.get(v)).unwrap_or(b"null"));
             }
-            let Some(e) = own.get(at as usize) else {
-                continue;
-            };
-            if !first {
-                sorted.push(b',');
-            }
-            first = false;
-            write_key(keys.get(e.key.clone()).unwrap_or_default(), sorted);
-            sorted.push(b':');
-            sorted.extend_from_slice(self.out.get(e.value.clone()).unwrap_or(b"null"));
         }
         sorted.push(b'}');
         entries.truncate(self.first_entry);
@@ -509,7 +504,9 @@ impl ser::SerializeMap for Object<'_> {
         key.serialize(KeySer {
             keys: &mut self.bufs.keys,
         })?;
-        self.key = Some(at..self.bufs.keys.len());
+        let end = self.bufs.keys.len();
+        self.bufs.keys.push(KEY_END);
+        self.key = Some(at..end);
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
@@ -866,6 +863,28 @@ mod tests {
         #[test]
         fn equals_canonical_json_of_any_value(v in arb_value()) {
             prop_assert_eq!(to_vec(&v).unwrap(), canonical_json(&v));
+        }
+
+        /// One encoder for many values: remembered shapes never leak into the next value.
+        #[test]
+        fn a_reused_encoder_equals_canonical_json(vs in prop::collection::vec(arb_value(), 1..12)) {
+            let mut enc = Encoder::default();
+            for v in vs.iter().chain(vs.iter().rev()) {
+                prop_assert_eq!(enc.encode(v).unwrap(), &canonical_json(v)[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn same_keys_different_values_and_shapes_in_turn() {
+        let mut enc = Encoder::default();
+        for i in 0..40u64 {
+            let v = if i % 3 == 0 {
+                json!({"b": i, "a": {"y": i, "x": [i]}, "c": null})
+            } else {
+                json!({"b": i, "a": "s", "d": {"x": true}})
+            };
+            assert_eq!(enc.encode(&v).unwrap(), &canonical_json(&v)[..]);
         }
     }
 }
