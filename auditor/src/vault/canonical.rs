@@ -875,6 +875,44 @@ mod tests {
         }
     }
 
+    /// The vault client spools these bytes where it spooled `to_vec(to_value(event))`.
+    #[test]
+    fn events_encode_as_their_value_tree_does() {
+        use crate::event::{Body, Event, Exec, FileOp, Tamper};
+        let tamper = Some(Tamper {
+            kind: "log_deleted".into(),
+            reason: "unlink \"x\"".into(),
+        });
+        let bodies = [
+            Body::Delete(Box::new(FileOp {
+                syscall: "unlinkat".into(),
+                path: "/var/log/\u{e9}\n".into(),
+                flags: vec!["AT_REMOVEDIR"],
+                tamper: tamper.clone(),
+                ..FileOp::default()
+            })),
+            Body::Exec(Box::new(Exec {
+                argv: vec!["rm".into(), "-f".into()],
+                tamper,
+                warnings: vec!["argv_truncated"],
+                ..Exec::default()
+            })),
+        ];
+        let mut enc = Encoder::default();
+        for (i, body) in bodies.into_iter().enumerate() {
+            let ev = Event {
+                schema_version: 1,
+                seq: i as u64 + 1,
+                time: "2026-11-23T00:00:00Z".into(),
+                boot_ns: 5,
+                body,
+            };
+            let tree = serde_json::to_vec(&serde_json::to_value(&ev).unwrap()).unwrap();
+            assert_eq!(enc.encode(&ev).unwrap(), &tree[..]);
+            same_as_value_path(&ev);
+        }
+    }
+
     #[test]
     fn same_keys_different_values_and_shapes_in_turn() {
         let mut enc = Encoder::default();

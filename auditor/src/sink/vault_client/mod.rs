@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{Sink, SinkError};
-use crate::event::{Event, SCHEMA_VERSION};
+use crate::event::{Body, Event, SCHEMA_VERSION};
 use crate::redact::Redactor;
 use spool::{FLAG_URGENT, Spool, SpoolError, TornCut};
 
@@ -233,6 +233,10 @@ pub struct VaultSink {
     mode: tokio::sync::watch::Sender<Mode>,
     thread: Option<JoinHandle<()>>,
     drop_run: Option<DropRun>,
+    /// Events that need no redaction are written straight from the struct, keys sorted
+    /// (the bytes `serde_json::to_vec` of the event as a `Value` would give, minus the
+    /// tree built on the way).
+    encoder: crate::vault::canonical::Encoder,
 }
 
 impl VaultSink {
@@ -304,6 +308,7 @@ impl VaultSink {
             mode: mode_tx,
             thread: Some(thread),
             drop_run: None,
+            encoder: crate::vault::canonical::Encoder::default(),
         })
     }
 
@@ -428,6 +433,18 @@ impl VaultSink {
         self.shared.opts.redaction.redact_event(&mut value);
         let urgent = value.get("tamper").is_some_and(|t| !t.is_null());
         let bytes = serde_json::to_vec(&value)?;
+        self.spool_event(seq, &time, boot_ns, urgent, bytes)
+    }
+
+    /// Appends one serialized event to the spool and wakes the sender.
+    fn spool_event(
+        &mut self,
+        seq: u64,
+        time: &str,
+        boot_ns: u64,
+        urgent: bool,
+        bytes: Vec<u8>,
+    ) -> Result<(), SinkError> {
         self.shared.last_seq.fetch_max(seq, Ordering::Relaxed);
         if let Some(run) = self.drop_run.take() {
             // Space may be back: the explanation of the gap goes first.
@@ -447,7 +464,7 @@ impl VaultSink {
             }
             // Full, too large, or an I/O error (disk full): dropped and counted, never
             // silent; the sink thread carries on for the other sinks.
-            Err(e) => self.count_drop(seq, &time, boot_ns, bytes.len() as u64, &e),
+            Err(e) => self.count_drop(seq, time, boot_ns, bytes.len() as u64, &e),
         }
         self.shared.wake.notify_one();
         Ok(())
@@ -456,7 +473,18 @@ impl VaultSink {
 
 impl Sink for VaultSink {
     fn write(&mut self, ev: &Event) -> Result<(), SinkError> {
-        self.write_value(serde_json::to_value(ev)?)
+        // Redaction rewrites an exec's argv and filename in the JSON tree; every other
+        // event (and every exec when redaction is off) goes straight to bytes.
+        if matches!(ev.body, Body::Exec(_)) && self.shared.opts.redaction.is_enabled() {
+            return self.write_value(serde_json::to_value(ev)?);
+        }
+        let bytes = self
+            .encoder
+            .encode(ev)
+            .map_err(|e| SinkError::Encode(e.to_string()))?
+            .to_vec();
+        let urgent = ev.body.tamper().is_some();
+        self.spool_event(ev.seq, &ev.time, ev.boot_ns, urgent, bytes)
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
