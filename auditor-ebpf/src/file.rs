@@ -367,6 +367,10 @@ fn path_arg(
             }
         }
         rec.tail_len += name_len;
+        // Laundered: its three possible values here (none, truncated, fault) would reach
+        // the loops below (prefix compare, path walk) as three caller states, each making
+        // the verifier check those loops' callbacks again.
+        fl = crate::emit::launder(u64::from(fl)) as u32;
         // SAFETY: reading back a byte we just wrote.
         let absolute = name_len > 0 && unsafe { *rec.tail_at(at) } == b'/';
         if absolute {
@@ -538,7 +542,7 @@ fn finish(mut rec: Record<FileEvent>, task: u64) {
     } else {
         let tid = bpf_get_current_pid_tgid() as u32;
         // A full table only costs the result record; the entry is still emitted.
-        let _ = INFLIGHT.insert(&tid, &op, 0);
+        let _ = INFLIGHT.insert(tid, op, 0);
     }
     rec.submit();
 }
@@ -549,10 +553,10 @@ fn finish(mut rec: Record<FileEvent>, task: u64) {
 pub(crate) fn syscall_exit(ctx: &TracePointContext) {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: plain value copy out of the map.
-    let Some(op) = (unsafe { INFLIGHT.get(&tid).copied() }) else {
+    let Some(op) = (unsafe { INFLIGHT.get(tid).copied() }) else {
         return;
     };
-    let _ = INFLIGHT.remove(&tid);
+    let _ = INFLIGHT.remove(tid);
     let Some(mut rec) = Record::<SyscallResultEvent>::start(kind::SYSCALL_RESULT) else {
         return;
     };

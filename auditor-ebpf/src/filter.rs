@@ -37,25 +37,29 @@ static WATCH_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "WATCH_INODES")]
 static WATCH_INODES: HashMap<InodeKey, u8> = HashMap::with_max_entries(WATCH_INODES_MAX, 0);
 
-/// The watch mode of `dentry`'s directory (0 if not watched).
+/// The watch mode of the directory whose inode is `inode` on device `dev` (0 if not
+/// watched). The path walk reads the device once per mount (`path::dentry_dev`): every
+/// dentry reached through `d_parent` within a mount has the mount's superblock, so the
+/// two reads of `i_sb->s_dev` per component were always the same.
 #[inline(always)]
-pub fn inode_mode(dentry: u64) -> u8 {
-    let Ok(inode) = read::<u64>(dentry, off!(dentry_inode)) else {
+pub fn inode_mode(inode: u64, dev: u64) -> u8 {
+    if dev == DEV_UNKNOWN {
         return 0;
-    };
+    }
     let Ok(ino) = read::<u64>(inode, off!(inode_ino)) else {
         return 0;
     };
-    let Ok(sb) = read::<u64>(inode, off!(inode_sb)) else {
-        return 0;
+    let key = InodeKey {
+        dev: dev as u32,
+        _pad: 0,
+        ino,
     };
-    let Ok(dev) = read::<u32>(sb, off!(sb_dev)) else {
-        return 0;
-    };
-    let key = InodeKey { dev, _pad: 0, ino };
     // SAFETY: read-only lookup; the value is a plain byte.
-    unsafe { WATCH_INODES.get(&key).copied().unwrap_or(0) }
+    unsafe { WATCH_INODES.get(key).copied().unwrap_or(0) }
 }
+
+/// A device that could not be read (no `dev_t` is this wide).
+pub const DEV_UNKNOWN: u64 = u64::MAX;
 
 #[repr(C)]
 struct PrefixCtx {
@@ -170,23 +174,17 @@ extern "C" fn prefix_step<T>(i: u64, ctx: *mut c_void) -> i64 {
         }
         // SAFETY: at < PREFIX_LEN_MAX, and a masked tail offset has TAIL_SLACK after it.
         let a = unsafe { core::ptr::read_unaligned(name.add(at as usize).cast::<u64>()) };
-        let b = u64::from_le_bytes([
-            p.bytes[w * 8],
-            p.bytes[w * 8 + 1],
-            p.bytes[w * 8 + 2],
-            p.bytes[w * 8 + 3],
-            p.bytes[w * 8 + 4],
-            p.bytes[w * 8 + 5],
-            p.bytes[w * 8 + 6],
-            p.bytes[w * 8 + 7],
-        ]);
+        // One load, not eight byte loads and their shifts: `bytes` is at offset 8 of the
+        // map value.
+        // SAFETY: w * 8 + 8 <= PREFIX_LEN_MAX.
+        let b = unsafe { core::ptr::read_unaligned(p.bytes.as_ptr().add(w * 8).cast::<u64>()) };
         let rem = plen - at;
         let mask = if rem >= 8 {
             u64::MAX
         } else {
             (1u64 << (rem * 8)) - 1
         };
-        if (u64::from_le(a) ^ b) & mask != 0 {
+        if (u64::from_le(a) ^ u64::from_le(b)) & mask != 0 {
             return 0;
         }
     }

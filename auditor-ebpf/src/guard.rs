@@ -53,7 +53,7 @@ fn emit(nr: u32, args: [u64; 4]) {
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = INFLIGHT.insert(&tid, &(file_op::SYSCALL_BASE + nr), 0);
+    let _ = INFLIGHT.insert(tid, file_op::SYSCALL_BASE + nr, 0);
     rec.submit();
 }
 

@@ -34,7 +34,7 @@ static IOURING_INFLIGHT: HashMap<u64, u64> = HashMap::with_max_entries(INFLIGHT_
 /// Remembers an emitted request; a full table only costs its result record.
 #[inline(always)]
 pub(crate) fn track(req: u64, ring: u64) {
-    let _ = IOURING_INFLIGHT.insert(&req, &ring, 0);
+    let _ = IOURING_INFLIGHT.insert(req, ring, 0);
 }
 
 #[inline(always)]
@@ -215,10 +215,10 @@ pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // SAFETY: plain value copy out of the map.
-    let Some(ring) = (unsafe { IOURING_INFLIGHT.get(&req).copied() }) else {
+    let Some(ring) = (unsafe { IOURING_INFLIGHT.get(req).copied() }) else {
         return 0;
     };
-    let _ = IOURING_INFLIGHT.remove(&req);
+    let _ = IOURING_INFLIGHT.remove(req);
     let res = field::<i32>(&ctx, off!(tp_iou_complete_res)).unwrap_or(i32::MIN);
     let Some(mut rec) = Record::<IoUringResultEvent>::start(kind::IOURING_RESULT) else {
         return 0;

@@ -68,17 +68,75 @@ fn read_optional_u32(base: u64, off: u64) -> u32 {
     read::<u32>(base, off).unwrap_or(ID_UNKNOWN)
 }
 
+/// The `u32` fields at offsets `offs` of `base`, `ID_UNKNOWN` where unreadable.
+///
+/// Like `dentry_fields`: one `bpf_probe_read_kernel` for all of them when they lie
+/// within 32 bytes (the credential ids do: 6.18 `struct cred` 8..32), else one each. The
+/// offsets are verifier-known constants, so only one of the branches ever runs.
+#[inline(always)]
+fn read_u32s<const N: usize>(base: u64, offs: [u64; N]) -> [u32; N] {
+    let mut out = [ID_UNKNOWN; N];
+    let mut lo = u64::MAX;
+    let mut hi = 0;
+    let mut aligned = true;
+    for &o in &offs {
+        lo = lo.min(o);
+        hi = hi.max(o + 4);
+        aligned &= o & 3 == 0;
+    }
+    let lo = lo & !7;
+    if aligned && hi - lo <= 32 {
+        if let Ok(block) = read::<[u64; 4]>(base, lo) {
+            for i in 0..N {
+                let rel = offs[i] - lo;
+                out[i] = (block[((rel >> 3) & 3) as usize] >> ((rel & 4) * 8)) as u32;
+            }
+        }
+        return out;
+    }
+    for i in 0..N {
+        out[i] = read(base, offs[i]).unwrap_or(ID_UNKNOWN);
+    }
+    out
+}
+
+/// Two pointer-sized fields of `base` at `a` and `b`: one read when adjacent.
+#[inline(always)]
+fn read_u64_pair(base: u64, a: u64, b: u64) -> Result<(u64, u64), i64> {
+    if a & 7 == 0 && b == a + 8 {
+        let [x, y] = read::<[u64; 2]>(base, a)?;
+        return Ok((x, y));
+    }
+    Ok((read(base, a)?, read(base, b)?))
+}
+
 /// Credentials and audit identity of `task`. Unreadable values are `ID_UNKNOWN`.
 #[inline(always)]
 pub fn creds(task: u64) -> Creds {
     let cred: u64 = read(task, off!(task_cred)).unwrap_or(0);
+    let [uid, gid, euid, egid] = read_u32s(
+        cred,
+        [
+            off!(cred_uid),
+            off!(cred_gid),
+            off!(cred_euid),
+            off!(cred_egid),
+        ],
+    );
+    let (lo, so) = (off!(task_loginuid), off!(task_sessionid));
+    let (auid, sessionid) = if lo != ABSENT as u64 && so != ABSENT as u64 {
+        let [a, s] = read_u32s(task, [lo, so]);
+        (a, s)
+    } else {
+        (read_optional_u32(task, lo), read_optional_u32(task, so))
+    };
     Creds {
-        uid: read(cred, off!(cred_uid)).unwrap_or(ID_UNKNOWN),
-        gid: read(cred, off!(cred_gid)).unwrap_or(ID_UNKNOWN),
-        euid: read(cred, off!(cred_euid)).unwrap_or(ID_UNKNOWN),
-        egid: read(cred, off!(cred_egid)).unwrap_or(ID_UNKNOWN),
-        auid: read_optional_u32(task, off!(task_loginuid)),
-        sessionid: read_optional_u32(task, off!(task_sessionid)),
+        uid,
+        gid,
+        euid,
+        egid,
+        auid,
+        sessionid,
     }
 }
 
@@ -89,12 +147,53 @@ pub fn ppid(task: u64) -> u32 {
     read(parent, off!(task_tgid)).unwrap_or(0)
 }
 
+/// The fields of a dentry a path walk needs.
+pub struct DentryFields {
+    pub parent: u64,
+    pub name_len: u32,
+    pub name: u64,
+    pub inode: u64,
+}
+
+/// Reads `d_parent`, `d_name.len`, `d_name.name` and `d_inode` of `dentry`.
+///
+/// Each `bpf_probe_read_kernel` is a helper call with its own fault handling (~30 ns
+/// here), and a path walk pays them per component. The four fields sit within 32 bytes on
+/// the kernels we know (6.18: 24..56), so when the offsets say so they come in one read
+/// and are picked out of it; otherwise (a future layout) they are read one by one. The
+/// offsets are constants of the loaded program, so only one of the branches ever runs.
+#[inline(always)]
+pub fn dentry_fields(dentry: u64) -> Result<DentryFields, i64> {
+    let parent = off!(dentry_parent);
+    let len = off!(dentry_name) + off!(qstr_len);
+    let name = off!(dentry_name) + off!(qstr_name);
+    let inode = off!(dentry_inode);
+    let lo = parent.min(len).min(name).min(inode) & !7;
+    let hi = (parent + 8).max(len + 4).max(name + 8).max(inode + 8);
+    let aligned = (parent | name | inode) & 7 == 0 && len & 3 == 0;
+    if aligned && hi - lo <= 32 {
+        let block: [u64; 4] = read(dentry, lo)?;
+        // Masked indices: always inside the block, whatever the offsets.
+        let word = |off: u64| block[(((off - lo) >> 3) & 3) as usize];
+        return Ok(DentryFields {
+            parent: word(parent),
+            name_len: (word(len) >> ((len & 4) * 8)) as u32,
+            name: word(name),
+            inode: word(inode),
+        });
+    }
+    Ok(DentryFields {
+        parent: read(dentry, parent)?,
+        name_len: read(dentry, len)?,
+        name: read(dentry, name)?,
+        inode: read(dentry, inode)?,
+    })
+}
+
 /// `(vfsmount, dentry)` of a `struct path` at `path_addr`.
 #[inline(always)]
 pub fn path_parts(path_addr: u64) -> Result<(u64, u64), i64> {
-    let mnt: u64 = read(path_addr, off!(path_mnt))?;
-    let dentry: u64 = read(path_addr, off!(path_dentry))?;
-    Ok((mnt, dentry))
+    read_u64_pair(path_addr, off!(path_mnt), off!(path_dentry))
 }
 
 /// `(vfsmount, dentry)` of the task's working directory.
@@ -126,11 +225,13 @@ pub fn fd_file(task: u64, fd: i32) -> Result<u64, i64> {
     }
     let files: u64 = read(task, off!(task_files))?;
     let fdt: u64 = read(files, off!(files_fdt))?;
-    let max: u32 = read(fdt, off!(fdtable_max_fds))?;
-    if fd as u32 >= max {
+    // `max_fds` (an unsigned int) and the `fd` array pointer: one read when `fd` is the
+    // next word (6.18: 0 and 8).
+    let (max, array) = read_u64_pair(fdt, off!(fdtable_max_fds), off!(fdtable_fd))?;
+    // Little-endian: the u32 is the low half of its word.
+    if fd as u32 >= max as u32 {
         return Err(-9);
     }
-    let array: u64 = read(fdt, off!(fdtable_fd))?;
     let file: u64 = read(array, (fd as u64) * 8)?;
     if file == 0 {
         return Err(-9);

@@ -107,7 +107,7 @@ pub(crate) fn connect_entry(fd: i32, sa: u64, addrlen: u32, ring: Ring) {
         crate::iouring::track(ring.req, ring.ring);
     } else {
         let tid = bpf_get_current_pid_tgid() as u32;
-        let _ = INFLIGHT.insert(&tid, &file_op::CONNECT, 0);
+        let _ = INFLIGHT.insert(tid, file_op::CONNECT, 0);
     }
     rec.submit();
 }

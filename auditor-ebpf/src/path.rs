@@ -21,7 +21,7 @@ use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};
 use crate::{
     emit::{Record, scratch_base, tail_ptr},
     filter,
-    kernel::{off, read},
+    kernel::{self, off, read},
 };
 
 /// How a walk ended.
@@ -54,6 +54,10 @@ struct WalkCtx {
     check: u32,
     in_tree: u64,
     first_mode: u64,
+    /// The current mount's root dentry and, for `check`, its device
+    /// (`filter::DEV_UNKNOWN` if unreadable): read once per mount, not per component.
+    mnt_root: u64,
+    dev: u64,
 }
 
 /// Appends the path blob of `(vfsmnt, dentry)` to `rec`'s tail. Returns how the walk
@@ -84,6 +88,17 @@ fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk,
         check: check as u32,
         in_tree: 0,
         first_mode: 0,
+        // Read here and at each mount crossing, not in every step: a step that branched
+        // on "already read?" gave the verifier two states per step to explore, and the
+        // largest programs went over its budget. An unreadable root (never seen: the
+        // vfsmount comes from a live `struct path`) leaves 0, and the walk then ends in
+        // a fault at the top of the mount.
+        mnt_root: mount_root(vfsmnt),
+        dev: if check {
+            dentry_dev(dentry)
+        } else {
+            filter::DEV_UNKNOWN
+        },
     };
     // SAFETY: the callback only touches `ctx` and this CPU's scratch buffer.
     unsafe {
@@ -110,33 +125,53 @@ fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk,
     (walk, used as u32, mode)
 }
 
+/// The root dentry of `vfsmnt` (0 if unreadable). Laundered: a value the verifier does
+/// not track, so that the callback's states converge.
+#[inline(always)]
+fn mount_root(vfsmnt: u64) -> u64 {
+    crate::emit::launder(read::<u64>(vfsmnt, off!(vfsmount_root)).unwrap_or(0))
+}
+
+/// The device of `dentry`'s superblock, shared by every dentry of its mount
+/// (`filter::DEV_UNKNOWN` if unreadable: no lookup matches then). Laundered, as above.
+#[inline(always)]
+fn dentry_dev(dentry: u64) -> u64 {
+    let dev = read::<u64>(dentry, off!(dentry_inode))
+        .and_then(|inode| read::<u64>(inode, off!(inode_sb)))
+        .and_then(|sb| read::<u32>(sb, off!(sb_dev)))
+        .map_or(filter::DEV_UNKNOWN, u64::from);
+    crate::emit::launder(dev)
+}
+
 /// One step up the tree. Returns 1 to stop the loop.
+///
+/// Kernel reads are the cost of a walk (each `bpf_probe_read_kernel` is a helper call), so
+/// a step makes as few as it can: the dentry's fields in one read
+/// (`kernel::dentry_fields`), the inode number, the name. The mount's root and device
+/// are read once per mount, at the start and at each crossing.
 #[inline(never)]
 extern "C" fn walk_step<T>(i: u64, ctx: *mut c_void) -> i64 {
     let ctx = ctx.cast::<WalkCtx>();
     // SAFETY: bpf_loop hands back the pointer `append` gave it.
     let c = unsafe { &mut *ctx };
+    let stop = |c: &mut WalkCtx, state: u32| {
+        c.state = state;
+        1
+    };
+    let Ok(d) = kernel::dentry_fields(c.dentry) else {
+        return stop(c, STATE_FAULT);
+    };
     if c.check != 0 {
         // Branch-free accumulation through `launder`: the verifier sees no decision on
         // these values, so its iterations of this callback still converge.
-        let mode = crate::emit::launder(u64::from(filter::inode_mode(c.dentry)));
+        let mode = crate::emit::launder(u64::from(filter::inode_mode(d.inode, c.dev)));
         // TREE is 1: bit 0 set, bit 1 clear (ENTRIES = 2, ANCESTOR = 3).
         c.in_tree |= mode & !(mode >> 1) & 1;
         // The start directory's own mode: only at step 0.
         let first = ((i | i.wrapping_neg()) >> 63) ^ 1;
         c.first_mode |= mode * first;
     }
-    let stop = |c: &mut WalkCtx, state: u32| {
-        c.state = state;
-        1
-    };
-    let Ok(mnt_root) = read::<u64>(c.vfsmnt, off!(vfsmount_root)) else {
-        return stop(c, STATE_FAULT);
-    };
-    let Ok(parent) = read::<u64>(c.dentry, off!(dentry_parent)) else {
-        return stop(c, STATE_FAULT);
-    };
-    if c.dentry == mnt_root || c.dentry == parent {
+    if c.dentry == c.mnt_root || c.dentry == d.parent {
         // Root of this mount: continue from its mountpoint in the parent mount.
         let Ok(mnt_parent) = read::<u64>(c.mnt, off!(mount_parent)) else {
             return stop(c, STATE_FAULT);
@@ -150,30 +185,28 @@ extern "C" fn walk_step<T>(i: u64, ctx: *mut c_void) -> i64 {
         c.dentry = mountpoint;
         c.mnt = mnt_parent;
         c.vfsmnt = mnt_parent + off!(mount_mnt);
+        c.mnt_root = mount_root(c.vfsmnt);
+        if c.check != 0 {
+            c.dev = dentry_dev(mountpoint);
+        }
         return 0;
     }
-    let Ok(len) = read::<u32>(c.dentry, off!(dentry_name) + off!(qstr_len)) else {
-        return stop(c, STATE_FAULT);
-    };
     // Through `launder`: the loop state stays imprecise, so the verifier's iterations of
     // this callback converge instead of multiplying per byte count.
     let used = crate::emit::launder(c.used);
-    if used + len as u64 + 1 > PATH_BYTES_MAX as u64 {
+    if used + d.name_len as u64 + 1 > PATH_BYTES_MAX as u64 {
         return stop(c, STATE_FULL);
     }
-    let Ok(name) = read::<u64>(c.dentry, off!(dentry_name) + off!(qstr_name)) else {
-        return stop(c, STATE_FAULT);
-    };
     let Some(base) = scratch_base() else {
         return stop(c, STATE_FAULT);
     };
     let dst = tail_ptr::<T>(base, c.start + used);
     // SAFETY: dst has at least TAIL_SLACK >= NAME_MAX bytes after it.
-    let n = unsafe { bpf_probe_read_kernel_str(dst.cast(), NAME_MAX, name as *const _) };
+    let n = unsafe { bpf_probe_read_kernel_str(dst.cast(), NAME_MAX, d.name as *const _) };
     if n <= 0 {
         return stop(c, STATE_FAULT);
     }
     c.used = used + n as u64;
-    c.dentry = parent;
+    c.dentry = d.parent;
     0
 }
