@@ -171,8 +171,9 @@ pub async fn run(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(WatchError::Poll)?;
     let mut tick = tokio::time::interval(TICK);
-    // The programs wake this reader only when a quarter MiB is waiting (one wakeup per
-    // record was a context switch per event); below that, this poll collects.
+    // The programs wake this reader only when the backlog crosses a multiple of 256 KiB
+    // (one wakeup per record was a context switch, and in a VM an IPI, per event);
+    // otherwise this poll collects.
     let mut poll = tokio::time::interval(RING_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
