@@ -434,8 +434,25 @@ pub fn markdown(a: &All) -> String {
             let _ = writeln!(s, "| {t} | {m} | {} |", ok(met));
         }
     }
+    s.push_str(OTHER_BENCHMARKS);
     s
 }
+
+/// Benchmarks not run by `bench all`, for before/after checks of one change.
+const OTHER_BENCHMARKS: &str = "
+## Before/after of one change
+
+- `cargo xtask bench ab --a OLD_BINARY [--b NEW_BINARY] [--rate N]... [--rounds 3]`: two agent \
+binaries at fixed connect-event rates, rounds interleaved (A, B, A, B, ...): agent CPU per \
+event and loss for each.
+- `cargo xtask bench storms --bin BINARY`: the three storms with a given agent binary; run it \
+for the old and the new binary back to back and compare each against its own untraced runs \
+and peers.
+- `cargo bench -p auditor --bench sink`: userspace cost per event after assembly (JSON Lines, \
+canonical JSON, the local vault), no root needed; under `valgrind --tool=callgrind` it counts \
+instructions, which a noisy machine does not disturb (SHA-256 then runs without its CPU \
+extensions).
+";
 
 /// Grouped bars: slowdown per storm per tool, log scale, targets marked.
 pub fn plot(st: &StormResults, path: &Path) -> Result<()> {
