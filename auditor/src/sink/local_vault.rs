@@ -59,11 +59,8 @@ impl LocalVaultSink {
 
 impl Sink for LocalVaultSink {
     fn write(&mut self, ev: &Event) -> Result<(), SinkError> {
-        let payload = self
-            .encoder
-            .encode(ev)
-            .map_err(|e| SinkError::Encode(e.to_string()))?;
-        self.batch.push((ev.seq, payload.to_vec()));
+        let payload = self.encoder.encode(ev)?.to_vec();
+        self.batch.push((ev.seq, payload));
         if self.batch.len() >= BATCH_MAX {
             self.write_batch()?;
         }

@@ -21,8 +21,8 @@ pub enum SinkError {
     },
     #[error("encoding an event as JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("encoding an event as canonical JSON: {0}")]
-    Encode(String),
+    #[error(transparent)]
+    Canonical(#[from] crate::vault::canonical::CanonicalError),
 }
 
 pub trait Sink: Send {

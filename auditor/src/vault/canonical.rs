@@ -153,6 +153,42 @@ fn scalar<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), Canonic
     serde_json::to_writer(out, v).map_err(|e| CanonicalError(e.to_string()))
 }
 
+/// Serializer methods that hand the value to serde_json (see [`scalar`]).
+macro_rules! scalars {
+    ($($method:ident: $t:ty),*) => {$(
+        fn $method(self, v: $t) -> Result<(), CanonicalError> {
+            scalar(self.out, &v)
+        }
+    )*};
+}
+
+/// Key serializer methods that write the value's text (integers and chars, as serde_json
+/// does for map keys).
+macro_rules! key_text {
+    ($($method:ident: $t:ty),*) => {$(
+        fn $method(self, v: $t) -> Result<(), CanonicalError> {
+            self.text(v)
+        }
+    )*};
+}
+
+/// The array impls: each element after a comma, `]` at the end.
+macro_rules! seq_impls {
+    ($($tr:ident::$method:ident),*) => {$(
+        impl ser::$tr for Seq<'_> {
+            type Ok = ();
+            type Error = CanonicalError;
+            fn $method<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
+                self.element(v)
+            }
+            fn end(self) -> Result<(), CanonicalError> {
+                self.close();
+                Ok(())
+            }
+        }
+    )*};
+}
+
 struct Ser<'a> {
     out: &'a mut Vec<u8>,
     bufs: &'a mut Bufs,
@@ -169,22 +205,14 @@ impl<'a> ser::Serializer for Ser<'a> {
     type SerializeStruct = Object<'a>;
     type SerializeStructVariant = Wrapped<Object<'a>>;
 
+    scalars!(serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
+        serialize_u8: u8, serialize_u16: u16, serialize_u32: u32, serialize_u64: u64,
+        serialize_char: char);
+
     fn serialize_bool(self, v: bool) -> Result<(), CanonicalError> {
         self.out
             .extend_from_slice(if v { b"true" } else { b"false" });
         Ok(())
-    }
-    fn serialize_i8(self, v: i8) -> Result<(), CanonicalError> {
-        scalar(self.out, &v)
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), CanonicalError> {
-        scalar(self.out, &v)
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), CanonicalError> {
-        scalar(self.out, &v)
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), CanonicalError> {
-        scalar(self.out, &v)
     }
     fn serialize_i128(self, v: i128) -> Result<(), CanonicalError> {
         // A `Value` holds at most 64 bits: refuse what it would refuse.
@@ -195,18 +223,6 @@ impl<'a> ser::Serializer for Ser<'a> {
                 Err(_) => Err(CanonicalError(format!("integer {v} does not fit 64 bits"))),
             },
         }
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), CanonicalError> {
-        scalar(self.out, &v)
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), CanonicalError> {
-        scalar(self.out, &v)
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), CanonicalError> {
-        scalar(self.out, &v)
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), CanonicalError> {
-        scalar(self.out, &v)
     }
     fn serialize_u128(self, v: u128) -> Result<(), CanonicalError> {
         match u64::try_from(v) {
@@ -226,9 +242,6 @@ impl<'a> ser::Serializer for Ser<'a> {
             }
             None => self.serialize_unit(),
         }
-    }
-    fn serialize_char(self, v: char) -> Result<(), CanonicalError> {
-        scalar(self.out, &v)
     }
     fn serialize_str(self, v: &str) -> Result<(), CanonicalError> {
         scalar(self.out, v)
@@ -360,41 +373,12 @@ impl Seq<'_> {
     }
 }
 
-impl ser::SerializeSeq for Seq<'_> {
-    type Ok = ();
-    type Error = CanonicalError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
-        self.element(v)
-    }
-    fn end(self) -> Result<(), CanonicalError> {
-        self.close();
-        Ok(())
-    }
-}
-
-impl ser::SerializeTuple for Seq<'_> {
-    type Ok = ();
-    type Error = CanonicalError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
-        self.element(v)
-    }
-    fn end(self) -> Result<(), CanonicalError> {
-        self.close();
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for Seq<'_> {
-    type Ok = ();
-    type Error = CanonicalError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
-        self.element(v)
-    }
-    fn end(self) -> Result<(), CanonicalError> {
-        self.close();
-        Ok(())
-    }
-}
+// serde asks for sequences, tuples and tuple structs separately; here they are one array.
+seq_impls!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field
+);
 
 /// An object being written: values in arrival order at the end of `out`, sorted at `end`.
 pub struct Object<'a> {
@@ -597,12 +581,13 @@ impl ser::Serializer for KeySer<'_> {
     type SerializeStruct = Impossible<(), CanonicalError>;
     type SerializeStructVariant = Impossible<(), CanonicalError>;
 
+    key_text!(serialize_char: char, serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
+        serialize_i64: i64, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
+        serialize_u64: u64);
+
     fn serialize_str(self, v: &str) -> Result<(), CanonicalError> {
         self.keys.extend_from_slice(v.as_bytes());
         Ok(())
-    }
-    fn serialize_char(self, v: char) -> Result<(), CanonicalError> {
-        self.text(v)
     }
     fn serialize_unit_variant(
         self,
@@ -619,30 +604,6 @@ impl ser::Serializer for KeySer<'_> {
         value: &T,
     ) -> Result<(), CanonicalError> {
         value.serialize(self)
-    }
-    fn serialize_i8(self, v: i8) -> Result<(), CanonicalError> {
-        self.text(v)
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), CanonicalError> {
-        self.text(v)
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), CanonicalError> {
-        self.text(v)
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), CanonicalError> {
-        self.text(v)
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), CanonicalError> {
-        self.text(v)
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), CanonicalError> {
-        self.text(v)
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), CanonicalError> {
-        self.text(v)
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), CanonicalError> {
-        self.text(v)
     }
     fn serialize_bool(self, _v: bool) -> Result<(), CanonicalError> {
         Err(not_a_key("a boolean"))

@@ -344,9 +344,14 @@ impl HostStore {
 
     /// Updates the in-memory state with a record now on disk.
     fn apply(&mut self, rec: &Record, loc: Loc) {
+        self.advance(rec);
+        self.index(rec, loc);
+    }
+
+    /// The chain head and next index after `rec`.
+    fn advance(&mut self, rec: &Record) {
         self.next_index = rec.index + 1;
         self.head = rec.chain;
-        self.index(rec, loc);
     }
 
     /// The (boot, seq) index and loss counters, from a record's meta and payload.
@@ -475,11 +480,9 @@ impl HostStore {
                 segment: seg_no,
                 offset,
             };
-            if by_caller {
-                self.next_index = r.index + 1;
-                self.head = r.chain;
-            } else {
-                self.apply(r, loc);
+            self.advance(r);
+            if !by_caller {
+                self.index(r, loc);
             }
             out.push((r.index, loc));
         }
@@ -594,6 +597,7 @@ impl HostStore {
         // Data records of this batch: seq, and position in `pending` (for a resend of the
         // same seq within the batch).
         let mut stored: Vec<(u64, usize)> = Vec::with_capacity(records.len());
+        let seq_meta = |seq: u64| json!({"boot_id": boot_id, "seq": seq});
         for (seq, payload) in records {
             // Only a seq at or below the highest so far can have been stored before.
             let earlier = if seq > max {
@@ -621,7 +625,7 @@ impl HostStore {
                             });
                         pending.push(Pending::new(
                             RecordKind::Replay,
-                            &json!({"boot_id": boot_id, "seq": seq}),
+                            &seq_meta(seq),
                             &json!({
                                 "host": self.host,
                                 "boot_id": boot_id,
@@ -652,7 +656,7 @@ impl HostStore {
             } else if seq <= max {
                 pending.push(Pending::new(
                     RecordKind::OutOfOrder,
-                    &json!({"boot_id": boot_id, "seq": seq}),
+                    &seq_meta(seq),
                     &json!({
                         "host": self.host,
                         "boot_id": boot_id,

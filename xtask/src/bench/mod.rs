@@ -154,6 +154,14 @@ enum Which {
     },
 }
 
+/// The agent binary given on the command line, else this tree's release build.
+fn given_or_built(bin: &Option<std::path::PathBuf>) -> Result<std::path::PathBuf> {
+    match bin {
+        Some(b) => Ok(b.clone()),
+        None => build::build_auditor(true),
+    }
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     if !is_root() {
         bail!("benchmarks load eBPF programs and need root");
@@ -179,10 +187,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             connects,
             ref bin,
         } => {
-            let bin = match bin {
-                Some(b) => b.clone(),
-                None => build::build_auditor(true)?,
-            };
+            let bin = given_or_built(bin)?;
             let r = storms::run(
                 &bin,
                 storms::StormCounts {
@@ -203,13 +208,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             rounds,
             ring,
             threads,
-        } => {
-            let b = match b {
-                Some(b) => b.clone(),
-                None => build::build_auditor(true)?,
-            };
-            rate::ab(a, &b, rates, *seconds, *rounds, ring, *threads)
-        }
+        } => rate::ab(
+            a,
+            &given_or_built(b)?,
+            rates,
+            *seconds,
+            *rounds,
+            ring,
+            *threads,
+        ),
         Which::MaxRate {
             start,
             step_seconds,

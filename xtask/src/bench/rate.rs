@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::common::{Proc, TempDir, check_interrupted, cpu_seconds, output, start_agent};
+use super::common::{Proc, TempDir, check_interrupted, cpu_seconds, median, output, start_agent};
 
 pub const PORT: u16 = 9;
 
@@ -381,20 +381,18 @@ pub fn ab(
     println!("|---|---|---|---|---|---|");
     for (rate, per) in &rows {
         for (i, steps) in per.iter().enumerate() {
-            let mut us: Vec<f64> = steps
+            let us: Vec<f64> = steps
                 .iter()
                 .map(|s| s.agent_cpu / 100.0 * s.seconds * 1e6 / s.generated.max(1) as f64)
                 .collect();
-            let mut pct: Vec<f64> = steps.iter().map(|s| s.agent_cpu).collect();
-            us.sort_by(f64::total_cmp);
-            pct.sort_by(f64::total_cmp);
+            let pct: Vec<f64> = steps.iter().map(|s| s.agent_cpu).collect();
             let missing: u64 = steps.iter().map(Step::missing).sum();
             let lost: u64 = steps.iter().map(|s| s.loss_records).sum();
             println!(
                 "| {rate:.0} | {} | {:.2} | {:.0} % | {missing} | {lost} |",
                 ["A", "B"][i],
-                us.get(us.len() / 2).copied().unwrap_or(0.0),
-                pct.get(pct.len() / 2).copied().unwrap_or(0.0),
+                median(&us),
+                median(&pct),
             );
         }
     }

@@ -478,11 +478,7 @@ impl Sink for VaultSink {
         if matches!(ev.body, Body::Exec(_)) && self.shared.opts.redaction.is_enabled() {
             return self.write_value(serde_json::to_value(ev)?);
         }
-        let bytes = self
-            .encoder
-            .encode(ev)
-            .map_err(|e| SinkError::Encode(e.to_string()))?
-            .to_vec();
+        let bytes = self.encoder.encode(ev)?.to_vec();
         let urgent = ev.body.tamper().is_some();
         self.spool_event(ev.seq, &ev.time, ev.boot_ns, urgent, bytes)
     }
