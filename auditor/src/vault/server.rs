@@ -148,7 +148,7 @@ pub async fn serve_on(
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/health", get(health))
         .layer(DefaultBodyLimit::disable())
-        .with_state(state);
+        .with_state(state.clone());
 
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, data = %opts.data.display(), "vault listening");
@@ -162,11 +162,29 @@ pub async fn serve_on(
         }
         Some(config) => serve_tls(listener, app, config, stop_rx.clone()).await,
     };
-    // Wait for the watcher to be gone: it holds the store, and with it the directory
-    // lock, which a restart on the same DATA needs.
+    // The store holds the directory lock, which a restart or an erase on the same DATA
+    // needs the moment this returns. Aborting the watcher does not stop a silence check
+    // already on the blocking pool, and a handler whose client went away may still have
+    // its blocking store call running: wait for every reference to let go.
     silence.abort();
     let _ = silence.await;
+    release_store(state).await;
     result
+}
+
+/// Waits (bounded) until `state` is the last reference to the store, then drops it.
+async fn release_store(state: Arc<AppState>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while Arc::strong_count(&state) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "a store call still runs 30 s after shutdown: the vault lock is released when it ends"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(state);
 }
 
 async fn serve_tls(
@@ -237,8 +255,9 @@ async fn silence_watch(state: Arc<AppState>, threshold: Duration, mut stop: watc
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = interval.tick() => {}
+            biased;
             () = stopped(&mut stop) => return,
+            _ = interval.tick() => {}
         }
         let st = state.clone();
         let check = tokio::task::spawn_blocking(move || {
