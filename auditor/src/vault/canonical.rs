@@ -132,20 +132,10 @@ struct Entry {
     value: Range<usize>,
 }
 
-/// A key as a JSON string: copied as is when nothing in it needs escaping (every field
-/// name), else through serde_json.
+/// A key as a JSON string. Keys arrive as `&str`, so the bytes are UTF-8 (the lossy
+/// conversion never changes them).
 fn write_key(key: &[u8], out: &mut Vec<u8>) {
-    if key
-        .iter()
-        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
-        out.push(b'"');
-        out.extend_from_slice(key);
-        out.push(b'"');
-    } else if serde_json::to_writer(&mut *out, &*String::from_utf8_lossy(key)).is_err() {
-        // A str always serializes; the fallback keeps the output valid JSON.
-        out.extend_from_slice(b"\"\"");
-    }
+    write_str(out, &String::from_utf8_lossy(key));
 }
 
 /// A scalar, written by serde_json itself so its bytes are serde_json's.
@@ -153,11 +143,84 @@ fn scalar<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), Canonic
     serde_json::to_writer(out, v).map_err(|e| CanonicalError(e.to_string()))
 }
 
-/// Serializer methods that hand the value to serde_json (see [`scalar`]).
-macro_rules! scalars {
+/// `s` as a JSON string, escaped exactly as serde_json escapes it: `"` and `\\` with a
+/// backslash, the six short escapes, other control bytes as `\u00xx` (lowercase hex);
+/// everything else, DEL and non-ASCII included, as is. Written here rather than through
+/// `serde_json::to_writer` because strings are most of an event and the per-call
+/// overhead of that path was the largest item in the sink's profile; the property test
+/// at the end of this file compares both on arbitrary strings.
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut clean_from = 0;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        // Eight bytes at a time while none of them needs escaping (most strings: none).
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !needs_escape_swar(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        i += 1;
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        let at = i - 1;
+        out.extend_from_slice(bytes.get(clean_from..at).unwrap_or_default());
+        clean_from = i;
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x0c => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            _ => 0,
+        };
+        if short != 0 {
+            out.extend_from_slice(&[b'\\', short]);
+        } else {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+        }
+    }
+    out.extend_from_slice(bytes.get(clean_from..).unwrap_or_default());
+    out.push(b'"');
+}
+
+/// Whether any of the eight bytes in `w` is below 0x20, `"` or `\\` (the bytes JSON
+/// escapes). The classic SWAR tests: `(x - 0x01..) & !x & 0x80..` is non-zero exactly when
+/// some byte of `x` is zero, and `(w - 0x20..) & !w & 0x80..` when some byte is below 0x20
+/// (a byte at or above 0x80 never counts: its `!w` bit is clear, and it cannot borrow
+/// into its neighbour unless a lower byte already matched).
+fn needs_escape_swar(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let quote = zero_byte(w ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(w ^ (ONES * u64::from(b'\\')));
+    control | quote | backslash != 0
+}
+
+/// Serializer methods for integers: their decimal text, by `itoa` as serde_json does.
+macro_rules! integers {
     ($($method:ident: $t:ty),*) => {$(
         fn $method(self, v: $t) -> Result<(), CanonicalError> {
-            scalar(self.out, &v)
+            self.out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+            Ok(())
         }
     )*};
 }
@@ -205,9 +268,13 @@ impl<'a> ser::Serializer for Ser<'a> {
     type SerializeStruct = Object<'a>;
     type SerializeStructVariant = Wrapped<Object<'a>>;
 
-    scalars!(serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
-        serialize_u8: u8, serialize_u16: u16, serialize_u32: u32, serialize_u64: u64,
-        serialize_char: char);
+    integers!(serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
+        serialize_u8: u8, serialize_u16: u16, serialize_u32: u32, serialize_u64: u64);
+
+    fn serialize_char(self, v: char) -> Result<(), CanonicalError> {
+        write_str(self.out, v.encode_utf8(&mut [0u8; 4]));
+        Ok(())
+    }
 
     fn serialize_bool(self, v: bool) -> Result<(), CanonicalError> {
         self.out
@@ -244,7 +311,8 @@ impl<'a> ser::Serializer for Ser<'a> {
         }
     }
     fn serialize_str(self, v: &str) -> Result<(), CanonicalError> {
-        scalar(self.out, v)
+        write_str(self.out, v);
+        Ok(())
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<(), CanonicalError> {
         scalar(self.out, v)
@@ -286,7 +354,7 @@ impl<'a> ser::Serializer for Ser<'a> {
     ) -> Result<(), CanonicalError> {
         // `{"variant":value}`: one key, already in order.
         self.out.push(b'{');
-        scalar(self.out, variant)?;
+        write_str(self.out, variant);
         self.out.push(b':');
         value.serialize(Ser {
             out: &mut *self.out,
@@ -321,7 +389,7 @@ impl<'a> ser::Serializer for Ser<'a> {
         len: usize,
     ) -> Result<Wrapped<Seq<'a>>, CanonicalError> {
         self.out.push(b'{');
-        scalar(self.out, variant)?;
+        write_str(self.out, variant);
         self.out.push(b':');
         Ok(Wrapped(self.serialize_seq(Some(len))?))
     }
@@ -343,7 +411,7 @@ impl<'a> ser::Serializer for Ser<'a> {
         _len: usize,
     ) -> Result<Wrapped<Object<'a>>, CanonicalError> {
         self.out.push(b'{');
-        scalar(self.out, variant)?;
+        write_str(self.out, variant);
         self.out.push(b':');
         Ok(Wrapped(Object::new(self.out, self.bufs)))
     }
@@ -780,6 +848,14 @@ mod tests {
     }
 
     #[test]
+    fn every_ascii_byte_and_integer_edge_is_written_as_serde_json_writes_it() {
+        let all: String = (0u8..=0x7f).map(char::from).collect();
+        assert_eq!(to_vec(&all).unwrap(), serde_json::to_vec(&all).unwrap());
+        let ints = (i64::MIN, i64::MAX, u64::MAX, 0u8, -1i8, i32::MIN, u16::MAX);
+        assert_eq!(to_vec(&ints).unwrap(), serde_json::to_vec(&ints).unwrap());
+    }
+
+    #[test]
     fn a_repeated_key_keeps_its_last_value() {
         #[derive(Serialize)]
         struct Twice {
@@ -824,6 +900,23 @@ mod tests {
         #[test]
         fn equals_canonical_json_of_any_value(v in arb_value()) {
             prop_assert_eq!(to_vec(&v).unwrap(), canonical_json(&v));
+        }
+
+        /// Strings (every control byte, quotes, backslashes, non-ASCII) and chars are
+        /// escaped byte for byte as serde_json escapes them.
+        #[test]
+        fn strings_escape_as_serde_json_does(s in "(?s).{0,64}", c in any::<char>()) {
+            let mut out = Vec::new();
+            write_str(&mut out, &s);
+            prop_assert_eq!(out, serde_json::to_vec(&s).unwrap());
+            prop_assert_eq!(to_vec(&c).unwrap(), serde_json::to_vec(&c).unwrap());
+        }
+
+        /// The eight-byte test agrees with the byte test on any eight bytes.
+        #[test]
+        fn the_word_test_agrees_with_the_byte_test(w in any::<[u8; 8]>()) {
+            let bytewise = w.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            prop_assert_eq!(needs_escape_swar(u64::from_le_bytes(w)), bytewise);
         }
 
         /// One encoder for many values: remembered shapes never leak into the next value.

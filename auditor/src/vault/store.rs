@@ -97,7 +97,7 @@ fn data_meta(boot_json: &[u8], seq: u64) -> Vec<u8> {
     m.extend_from_slice(b"{\"boot_id\":");
     m.extend_from_slice(boot_json);
     m.extend_from_slice(b",\"seq\":");
-    m.extend_from_slice(seq.to_string().as_bytes());
+    m.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
     m.push(b'}');
     m
 }
