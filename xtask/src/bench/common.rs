@@ -193,13 +193,35 @@ impl Drop for TempDir {
 
 /// CPU time (user + system) of a process so far, from /proc/PID/stat.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    stat_cpu_seconds(&format!("/proc/{pid}/stat")).map(|(_, s)| s)
+}
+
+/// utime + stime of each thread of `pid`, by thread name (threads of one name summed),
+/// sorted by name.
+pub fn thread_cpu_seconds(pid: u32) -> Result<Vec<(String, f64)>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut by_name = std::collections::BTreeMap::<String, f64>::new();
+    for t in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let t = t.with_context(|| format!("reading {dir}"))?;
+        // A thread that exited between the listing and the read is simply left out.
+        if let Ok((name, secs)) = stat_cpu_seconds(&format!("{}/stat", t.path().display())) {
+            *by_name.entry(name).or_default() += secs;
+        }
+    }
+    Ok(by_name.into_iter().collect())
+}
+
+/// The command name and utime + stime (seconds) in a `/proc/.../stat` file.
+fn stat_cpu_seconds(path: &str) -> Result<(String, f64)> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat
+    let (head, rest) = stat
         .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc/PID/stat")?;
+        .with_context(|| format!("malformed {path}"))?;
+    let name = head
+        .split_once('(')
+        .map(|(_, n)| n.to_owned())
+        .unwrap_or_default();
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state); utime is field 14, stime 15.
     let tick = |i: usize| -> Result<f64> {
@@ -210,7 +232,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((tick(11)? + tick(12)?) / hz)
+    Ok((name, (tick(11)? + tick(12)?) / hz))
 }
 
 /// Peak resident set size (VmHWM) in KiB.

@@ -15,7 +15,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::common::{Proc, TempDir, check_interrupted, cpu_seconds, median, output, start_agent};
+use super::common::{
+    Proc, TempDir, check_interrupted, cpu_seconds, median, output, start_agent, thread_cpu_seconds,
+};
 
 pub const PORT: u16 = 9;
 
@@ -31,9 +33,20 @@ pub struct Step {
     pub loss_records: u64,
     /// Agent CPU over the generation window, % of one core.
     pub agent_cpu: f64,
+    /// The same by thread name (the event loop is `auditor`, the sink `auditor-sink`).
+    pub threads: Vec<(String, f64)>,
 }
 
 impl Step {
+    /// `auditor 30%, auditor-sink 60%`.
+    pub fn thread_summary(&self) -> String {
+        let parts: Vec<String> = self
+            .threads
+            .iter()
+            .map(|(n, pct)| format!("{n} {pct:.0}%"))
+            .collect();
+        parts.join(", ")
+    }
     pub fn achieved(&self) -> f64 {
         self.generated as f64 / self.seconds
     }
@@ -200,10 +213,22 @@ fn step(
         None => None,
     };
     let cpu0 = cpu_seconds(pid)?;
+    let by_thread0 = thread_cpu_seconds(pid)?;
     let t0 = Instant::now();
     let generated = generate(rate, secs, threads)?;
     let seconds = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid)? - cpu0;
+    let by_thread: Vec<(String, f64)> = thread_cpu_seconds(pid)?
+        .into_iter()
+        .map(|(name, s)| {
+            let before = by_thread0
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0.0, |(_, b)| *b);
+            (name, 100.0 * (s - before) / seconds)
+        })
+        .filter(|(_, pct)| *pct >= 0.5)
+        .collect();
     if let Some(mut p) = perf {
         p.stop(Duration::from_secs(30))?;
     }
@@ -217,9 +242,10 @@ fn step(
         in_vault,
         loss_records,
         agent_cpu: 100.0 * cpu / seconds,
+        threads: by_thread,
     };
     println!(
-        "  target {:>7.0}/s: generated {} in {:.1}s = {:.0}/s, in vault {}, missing {}, loss records {}, agent CPU {:.0}%",
+        "  target {:>7.0}/s: generated {} in {:.1}s = {:.0}/s, in vault {}, missing {}, loss records {}, agent CPU {:.0}% ({})",
         rate,
         s.generated,
         s.seconds,
@@ -227,7 +253,8 @@ fn step(
         s.in_vault,
         s.missing(),
         s.loss_records,
-        s.agent_cpu
+        s.agent_cpu,
+        s.thread_summary()
     );
     Ok(s)
 }

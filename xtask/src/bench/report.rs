@@ -222,13 +222,13 @@ pub fn markdown(a: &All) -> String {
              and counts: zero loss means no `loss` record **and** every generated connect \
              present in the vault. The rate is stepped up ×1.5 until the first loss, then \
              bisected (geometric midpoints) between the last lossless and the first lossy rate.\n\n\
-             | target/s | reached/s | seconds | generated | in vault | missing | loss records | agent CPU |\n|---|---|---|---|---|---|---|---|",
+             | target/s | reached/s | seconds | generated | in vault | missing | loss records | agent CPU | by thread |\n|---|---|---|---|---|---|---|---|---|",
             r.threads, r.ring
         );
         for st in r.steps.iter().chain(&r.holds) {
             let _ = writeln!(
                 s,
-                "| {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {:.0} % |",
+                "| {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {:.0} % | {} |",
                 st.target,
                 st.achieved(),
                 st.seconds,
@@ -236,7 +236,8 @@ pub fn markdown(a: &All) -> String {
                 st.in_vault,
                 st.missing(),
                 st.loss_records,
-                st.agent_cpu
+                st.agent_cpu,
+                st.thread_summary()
             );
         }
         let best = r.best();
