@@ -268,6 +268,10 @@ pub struct WatchArgs {
     /// [default: /run/auditor/status.json].
     #[arg(long, value_name = "FILE")]
     pub status_file: Option<PathBuf>,
+    /// Scheduling nice value of the agent's threads, -20..=19 [default: -10]: ahead of
+    /// the workload, so that a storm slows the workload rather than overflow the ring.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub nice: Option<i32>,
 }
 
 #[derive(Debug, Args)]

@@ -102,6 +102,8 @@ pub struct ConfigFile {
     pub obj: Option<PathBuf>,
     /// Empty: do not write one.
     pub status_file: PathBuf,
+    #[serde(deserialize_with = "de_nice")]
+    pub nice: i32,
     pub output: OutputSection,
     pub vault: VaultSection,
     pub spool: SpoolSection,
@@ -170,6 +172,7 @@ impl Default for ConfigFile {
             btf: None,
             obj: None,
             status_file: PathBuf::from(DEFAULT_STATUS_FILE),
+            nice: DEFAULT_NICE,
             output: OutputSection::default(),
             vault: VaultSection::default(),
             spool: SpoolSection::default(),
@@ -226,6 +229,23 @@ fn de_argv_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
             format_args!("must be between 1024 and {}", limits::ARGV_BYTES_MAX),
         )),
     }
+}
+
+/// The agent's default nice value: ahead of ordinary processes (0), as auditd's
+/// `priority_boost` puts its daemon; see docs/OPERATIONS.md, "Priority".
+pub const DEFAULT_NICE: i32 = -10;
+
+/// Why `n` is not a nice value, if it is not.
+fn check_nice(n: i64) -> Result<i32, &'static str> {
+    match i32::try_from(n) {
+        Ok(n) if (-20..=19).contains(&n) => Ok(n),
+        _ => Err("must be between -20 (first) and 19 (last)"),
+    }
+}
+
+fn de_nice<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    let v = i64::deserialize(d)?;
+    check_nice(v).map_err(|why| invalid(v, why))
 }
 
 fn de_argv_args<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -446,6 +466,8 @@ pub struct WatchConfig {
     pub local_vault: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub status_file: Option<PathBuf>,
+    /// Nice value for every thread of the agent (see [`DEFAULT_NICE`]).
+    pub nice: i32,
     /// argv caps, ring size, BTF, object; `watch` is left for the caller to fill.
     pub load: LoadOptions,
 }
@@ -598,6 +620,11 @@ pub fn resolve_with(
         .clone()
         .unwrap_or_else(|| f.status_file.clone());
     let status_file = (!status_file.as_os_str().is_empty()).then_some(status_file);
+    let nice = match flags.nice {
+        Some(n) => check_nice(i64::from(n))
+            .map_err(|why| ConfigError::Invalid(format!("--nice {n}: {why}")))?,
+        None => f.nice,
+    };
 
     Ok(WatchConfig {
         paths: if flags.paths.is_empty() {
@@ -622,6 +649,7 @@ pub fn resolve_with(
         local_vault,
         metrics_listen,
         status_file,
+        nice,
         load,
         file: path,
         flags,
@@ -706,6 +734,7 @@ impl WatchConfig {
         differs("local_vault", self.local_vault != new.local_vault);
         differs("metrics", self.metrics_listen != new.metrics_listen);
         differs("status_file", self.status_file != new.status_file);
+        differs("nice", self.nice != new.nice);
         differs(
             "argv_max_bytes/argv_max_args/ring_buffer_size/btf/obj",
             self.load.ring_bytes != new.load.ring_bytes

@@ -358,6 +358,8 @@ pub struct AgentStart {
     pub argv_max_bytes: u32,
     pub argv_max_args: u32,
     pub ring_bytes: u32,
+    /// The agent's scheduling nice value (`None`: unreadable).
+    pub nice: Option<i32>,
     /// Kernel hooks attached.
     pub hooks: usize,
     /// Optional hooks this kernel does not allow, with the reason (a blind spot, said).

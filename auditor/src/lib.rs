@@ -17,6 +17,7 @@ pub mod event;
 pub mod guard;
 pub mod install;
 pub mod metrics;
+pub mod priority;
 pub mod redact;
 pub mod sink;
 pub mod status;

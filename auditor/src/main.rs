@@ -91,6 +91,11 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(auditor::bpf::LoadError::NotRoot.into());
     }
+    // Before any thread is spawned: they all inherit it (priority.rs).
+    if let Err(e) = auditor::priority::apply(cfg.nice) {
+        tracing::warn!("{e}; the agent runs on at its current priority");
+    }
+    let nice = auditor::priority::current().ok();
     let rules = auditor::classify::UserRules::load(&cfg.rules)?;
     let watch = auditor::watchlist::WatchList::for_trees(&cfg.watch_paths()?)?;
     tracing::debug!(prefixes = ?watch.prefixes, inodes = watch.inodes.len(), "watch list");
@@ -191,6 +196,7 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
     });
     let opts = WatchOptions {
         load,
+        nice,
         boot_id,
         kernel_losses,
         rules,

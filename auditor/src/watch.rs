@@ -53,6 +53,8 @@ pub enum WatchError {
 
 pub struct WatchOptions {
     pub load: LoadOptions,
+    /// The nice value the agent runs at (`None`: could not be read), for `agent_start`.
+    pub nice: Option<i32>,
     pub boot_id: String,
     /// Kernel records lost since start, for the vault client's heartbeats.
     pub kernel_losses: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -74,6 +76,7 @@ pub type Reloader = Box<dyn FnMut() -> Result<Reconfig, String> + Send>;
 pub struct Sequencer {
     next: u64,
     clock: Clock,
+    second: crate::clock::SecondCache,
 }
 
 impl Sequencer {
@@ -81,6 +84,7 @@ impl Sequencer {
         Self {
             next: 1,
             clock: Clock::sample(),
+            second: crate::clock::SecondCache::default(),
         }
     }
 
@@ -98,7 +102,7 @@ impl Sequencer {
         Event {
             schema_version: SCHEMA_VERSION,
             seq,
-            time: self.clock.rfc3339(s.boot_ns),
+            time: self.clock.rfc3339_cached(s.boot_ns, &mut self.second),
             boot_ns: s.boot_ns,
             body: s.body,
         }
@@ -156,6 +160,7 @@ pub async fn run(
             argv_max_bytes: opts.load.settings.argv_bytes,
             argv_max_args: opts.load.settings.argv_args,
             ring_bytes: opts.load.ring_bytes,
+            nice: opts.nice,
             hooks: attached,
             hooks_missing: unattached
                 .iter()

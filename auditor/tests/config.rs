@@ -39,6 +39,7 @@ fn the_printed_default_parses_to_the_defaults() {
     let builtin = config::resolve_with(WatchArgs::default(), None).unwrap();
     assert_eq!(from_file.paths, builtin.paths);
     assert_eq!(from_file.load.ring_bytes, builtin.load.ring_bytes);
+    assert_eq!((from_file.nice, builtin.nice), (-10, -10));
     assert_eq!(from_file.spool_max_bytes, 1 << 30);
     assert_eq!(
         from_file.heartbeat_interval,
@@ -135,6 +136,10 @@ fn bad_values_name_the_key_the_line_and_what_is_allowed() {
             "line 1, column 18: key `argv_max_bytes`: must be between 1024 and 65536 (got 10)",
         ),
         (
+            "nice = 20\n",
+            "line 1, column 8: key `nice`: must be between -20 (first) and 19 (last) (got 20)",
+        ),
+        (
             "\nargv_max_args = 5000\n",
             "line 2, column 17: key `argv_max_args`: must be between 1 and 1024 (got 5000)",
         ),
@@ -213,6 +218,7 @@ redact = false
 argv_max_bytes = 2048
 ring_buffer_size = "64M"
 status_file = ""
+nice = -5
 [output]
 format = "pretty"
 quiet = true
@@ -248,6 +254,7 @@ listen = "127.0.0.1:9999"
     assert_eq!(c.local_vault, Some(PathBuf::from("/srv/vault")));
     assert_eq!(c.metrics_listen, Some("127.0.0.1:9999".parse().unwrap()));
     assert_eq!(c.status_file, None, "\"\" turns the status file off");
+    assert_eq!(c.nice, -5);
 
     // Each flag wins over its key; the others stay from the file.
     let c = with(&[
@@ -273,6 +280,8 @@ listen = "127.0.0.1:9999"
         "[::1]:1234",
         "--status-file",
         "/run/x.json",
+        "--nice",
+        "-15",
     ]);
     assert_eq!(c.paths, vec![PathBuf::from("/tmp")]);
     assert_eq!(c.rules, vec![PathBuf::from("/r.toml")]);
@@ -287,6 +296,7 @@ listen = "127.0.0.1:9999"
     assert_eq!(c.local_vault, Some(PathBuf::from("/v")));
     assert_eq!(c.metrics_listen, Some("[::1]:1234".parse().unwrap()));
     assert_eq!(c.status_file, Some(PathBuf::from("/run/x.json")));
+    assert_eq!(c.nice, -15);
 
     // Switches can only turn on.
     let c = with(&["--no-local-vault"]);
@@ -305,6 +315,10 @@ fn flag_errors_name_the_flag() {
         "--argv-max-bytes 10: must be between 1024 and 65536"
     );
     assert!(e(&["--spool-max", "x"]).starts_with("--spool-max \"x\": not a size"));
+    assert_eq!(
+        e(&["--nice", "-21"]),
+        "--nice -21: must be between -20 (first) and 19 (last)"
+    );
     assert!(e(&["--heartbeat-interval", "0s"]).contains("must be between 100ms and 1h"));
     assert!(e(&["--metrics-listen", "nope"]).starts_with("--metrics-listen \"nope\": not an IP"));
     let remote = e(&["--metrics-listen", "0.0.0.0:9464"]);

@@ -171,9 +171,39 @@ fn large_argument_is_captured_whole_by_default_and_flagged_when_cut() {
     a.stop();
 }
 
+/// The nice value of each thread of `pid`, from /proc/PID/task/TID/stat (field 19).
+fn thread_nice(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let stat = std::fs::read_to_string(t.expect("task").path().join("stat")).expect("stat");
+        let (head, rest) = stat.rsplit_once(')').expect("stat format");
+        let name = head
+            .split_once('(')
+            .map(|(_, n)| n.to_owned())
+            .unwrap_or_default();
+        // `rest` starts at field 3 (state): field 19 is its 17th.
+        let nice = rest.split_whitespace().nth(16).expect("nice field");
+        out.push((name, nice.parse().expect("numeric nice")));
+    }
+    out
+}
+
+/// Both flags are settings the agent applies at start: the argv cap in the kernel, the
+/// nice value on every one of its threads (and `agent_start` says which it runs at).
 #[test]
-fn argument_count_cap_is_flagged() {
-    let a = Auditor::start(&["--argv-max-args", "4"]);
+fn argument_count_cap_is_flagged_and_the_priority_applied() {
+    let a = Auditor::start(&["--argv-max-args", "4", "--nice", "-7"]);
+    let start = a.wait_for("agent_start", Duration::from_secs(5), |e| {
+        e["kind"] == "agent_start"
+    });
+    assert_eq!(start["nice"], -7);
+    assert_eq!(start["argv_max_args"], 4);
+    let threads = thread_nice(a.pid());
+    assert!(
+        threads.iter().any(|(n, _)| n == "auditor-sink"),
+        "{threads:?}"
+    );
+    assert!(threads.iter().all(|(_, n)| *n == -7), "{threads:?}");
     let m = marker("count");
     let (pid, _) = run(Command::new("/bin/true").args([m.as_str(), "a", "b", "c", "d"]));
     let e = a.exec_with(&m);
