@@ -97,8 +97,9 @@ enum Which {
         #[arg(long)]
         profile: bool,
     },
-    /// Two agent binaries side by side (rounds interleaved: A, B, A, B, ...) at fixed
-    /// connect-event rates: agent CPU per event and loss. For before/after claims.
+    /// Two agents side by side (rounds interleaved: A, B, A, B, ...) at fixed
+    /// connect-event rates: rate reached, agent CPU per event and loss. Two binaries for
+    /// before/after claims, or one binary with two argument sets (`--a-arg`, `--b-arg`).
     Ab {
         /// The "before" binary (e.g. built at an earlier commit).
         #[arg(long)]
@@ -117,6 +118,12 @@ enum Which {
         ring: String,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Extra `auditor watch` argument for A (repeatable; e.g. `--a-arg=--nice=0`).
+        #[arg(long = "a-arg", value_name = "ARG", allow_hyphen_values = true)]
+        a_args: Vec<String>,
+        /// Extra `auditor watch` argument for B (repeatable).
+        #[arg(long = "b-arg", value_name = "ARG", allow_hyphen_values = true)]
+        b_args: Vec<String>,
     },
     /// Vault ingest rate: batches POSTed directly to `vault serve` (chained, fsynced).
     Ingest {
@@ -208,9 +215,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             rounds,
             ring,
             threads,
+            a_args,
+            b_args,
         } => rate::ab(
-            a,
-            &given_or_built(b)?,
+            rate::Side {
+                bin: a,
+                args: a_args,
+            },
+            rate::Side {
+                bin: &given_or_built(b)?,
+                args: b_args,
+            },
             rates,
             *seconds,
             *rounds,

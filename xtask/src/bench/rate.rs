@@ -185,19 +185,19 @@ fn step(
     secs: f64,
     threads: usize,
     perf_out: Option<&Path>,
+    agent_args: &[String],
 ) -> Result<Step> {
     check_interrupted()?;
     let vault = tmp.join("vault");
     let _ = std::fs::remove_dir_all(&vault);
-    let mut agent = start_agent(
-        bin,
-        &[
-            "--ring-buffer-size",
-            ring,
-            "--vault-dir",
-            vault.to_str().context("UTF-8 path")?,
-        ],
-    )?;
+    let mut args = vec![
+        "--ring-buffer-size",
+        ring,
+        "--vault-dir",
+        vault.to_str().context("UTF-8 path")?,
+    ];
+    args.extend(agent_args.iter().map(String::as_str));
+    let mut agent = start_agent(bin, &args)?;
     let pid = agent.pid();
     let perf = match perf_out {
         Some(out) => Some(Proc::spawn(
@@ -281,7 +281,16 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
     let mut steps = Vec::new();
     let mut rate = o.start;
     loop {
-        let s = step(bin, &tmp.0, &o.ring, rate, o.step_seconds, o.threads, None)?;
+        let s = step(
+            bin,
+            &tmp.0,
+            &o.ring,
+            rate,
+            o.step_seconds,
+            o.threads,
+            None,
+            &[],
+        )?;
         let lossless = s.lossless();
         let generator_bound = s.achieved() < 0.95 * rate;
         steps.push(s);
@@ -318,6 +327,7 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
             o.step_seconds,
             o.threads,
             None,
+            &[],
         )?);
     }
     steps.sort_by(|a, b| a.target.total_cmp(&b.target));
@@ -336,7 +346,16 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         let mut r = best.target;
         for _ in 0..3 {
             println!("holding {r:.0}/s for {} s", o.hold_seconds);
-            let h = step(bin, &tmp.0, &o.ring, r, o.hold_seconds, o.threads, None)?;
+            let h = step(
+                bin,
+                &tmp.0,
+                &o.ring,
+                r,
+                o.hold_seconds,
+                o.threads,
+                None,
+                &[],
+            )?;
             let ok = h.lossless();
             res.holds.push(h);
             if ok {
@@ -352,7 +371,7 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         );
         let data = tmp.0.join("perf.data");
         println!("profiling the agent at {r:.0}/s (perf record -g, not counted above)");
-        step(bin, &tmp.0, &o.ring, r, 5.0, o.threads, Some(&data))?;
+        step(bin, &tmp.0, &o.ring, r, 5.0, o.threads, Some(&data), &[])?;
         let rep = output(
             Command::new("perf")
                 .args(["report", "--stdio", "--no-children", "-g", "none", "-i"])
@@ -375,18 +394,24 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
 /// Binaries `a` and `b` at each rate, `rounds` times, interleaved: prints each step, then
 /// per binary and rate the median agent CPU per event (µs of CPU time, user + system)
 /// and the total loss.
+/// One side of an A/B comparison: a binary and extra `auditor watch` arguments.
+pub struct Side<'a> {
+    pub bin: &'a Path,
+    pub args: &'a [String],
+}
+
 pub fn ab(
-    a: &Path,
-    b: &Path,
+    a: Side<'_>,
+    b: Side<'_>,
     rates: &[f64],
     secs: f64,
     rounds: u32,
     ring: &str,
     threads: usize,
 ) -> Result<()> {
-    for bin in [a, b] {
-        if !bin.is_file() {
-            bail!("{}: no such binary", bin.display());
+    for side in [&a, &b] {
+        if !side.bin.is_file() {
+            bail!("{}: no such binary", side.bin.display());
         }
     }
     let tmp = TempDir::new("ab")?;
@@ -394,18 +419,21 @@ pub fn ab(
     for &rate in rates {
         let mut per: [Vec<Step>; 2] = [Vec::new(), Vec::new()];
         for round in 0..rounds {
-            for (i, bin) in [a, b].into_iter().enumerate() {
+            for (i, side) in [&a, &b].into_iter().enumerate() {
                 println!("rate {rate:.0}/s, round {}, {}:", round + 1, ["A", "B"][i]);
-                per[i].push(step(bin, &tmp.0, ring, rate, secs, threads, None)?);
+                per[i].push(step(
+                    side.bin, &tmp.0, ring, rate, secs, threads, None, side.args,
+                )?);
             }
         }
         rows.push((rate, per));
     }
-    println!("\nA = {}\nB = {}", a.display(), b.display());
+    let shown = |s: &Side| format!("{} {}", s.bin.display(), s.args.join(" "));
+    println!("\nA = {}\nB = {}", shown(&a), shown(&b));
     println!(
-        "| rate/s | binary | agent CPU µs/event (median) | agent CPU % (median) | missing | loss records |"
+        "| rate/s | binary | reached/s (median) | agent CPU µs/event (median) | agent CPU % (median) | missing | loss records |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (rate, per) in &rows {
         for (i, steps) in per.iter().enumerate() {
             let us: Vec<f64> = steps
@@ -413,11 +441,13 @@ pub fn ab(
                 .map(|s| s.agent_cpu / 100.0 * s.seconds * 1e6 / s.generated.max(1) as f64)
                 .collect();
             let pct: Vec<f64> = steps.iter().map(|s| s.agent_cpu).collect();
+            let reached: Vec<f64> = steps.iter().map(Step::achieved).collect();
             let missing: u64 = steps.iter().map(Step::missing).sum();
             let lost: u64 = steps.iter().map(|s| s.loss_records).sum();
             println!(
-                "| {rate:.0} | {} | {:.2} | {:.0} % | {missing} | {lost} |",
+                "| {rate:.0} | {} | {:.0} | {:.2} | {:.0} % | {missing} | {lost} |",
                 ["A", "B"][i],
+                median(&reached),
                 median(&us),
                 median(&pct),
             );
