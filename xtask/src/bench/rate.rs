@@ -178,15 +178,15 @@ fn count(bin: &Path, vault: &Path) -> Result<(u64, u64)> {
 }
 
 fn step(
-    bin: &Path,
+    agent: &Side,
     tmp: &Path,
     ring: &str,
     rate: f64,
     secs: f64,
     threads: usize,
     perf_out: Option<&Path>,
-    agent_args: &[String],
 ) -> Result<Step> {
+    let bin = agent.bin;
     check_interrupted()?;
     let vault = tmp.join("vault");
     let _ = std::fs::remove_dir_all(&vault);
@@ -196,7 +196,7 @@ fn step(
         "--vault-dir",
         vault.to_str().context("UTF-8 path")?,
     ];
-    args.extend(agent_args.iter().map(String::as_str));
+    args.extend(agent.args.iter().map(String::as_str));
     let mut agent = start_agent(bin, &args)?;
     let pid = agent.pid();
     let perf = match perf_out {
@@ -274,6 +274,7 @@ pub struct RateOptions {
 
 pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
     let tmp = TempDir::new("rate")?;
+    let agent = &Side { bin, args: &[] };
     println!(
         "max zero-loss rate: connect events, {} s steps from {:.0}/s x{}, ring {}",
         o.step_seconds, o.start, o.factor, o.ring
@@ -282,14 +283,13 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
     let mut rate = o.start;
     loop {
         let s = step(
-            bin,
+            agent,
             &tmp.0,
             &o.ring,
             rate,
             o.step_seconds,
             o.threads,
             None,
-            &[],
         )?;
         let lossless = s.lossless();
         let generator_bound = s.achieved() < 0.95 * rate;
@@ -320,14 +320,13 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         let mid = (lo * hi).sqrt();
         println!("  refining between {lo:.0}/s and {hi:.0}/s");
         steps.push(step(
-            bin,
+            agent,
             &tmp.0,
             &o.ring,
             mid,
             o.step_seconds,
             o.threads,
             None,
-            &[],
         )?);
     }
     steps.sort_by(|a, b| a.target.total_cmp(&b.target));
@@ -346,16 +345,7 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         let mut r = best.target;
         for _ in 0..3 {
             println!("holding {r:.0}/s for {} s", o.hold_seconds);
-            let h = step(
-                bin,
-                &tmp.0,
-                &o.ring,
-                r,
-                o.hold_seconds,
-                o.threads,
-                None,
-                &[],
-            )?;
+            let h = step(agent, &tmp.0, &o.ring, r, o.hold_seconds, o.threads, None)?;
             let ok = h.lossless();
             res.holds.push(h);
             if ok {
@@ -371,7 +361,7 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         );
         let data = tmp.0.join("perf.data");
         println!("profiling the agent at {r:.0}/s (perf record -g, not counted above)");
-        step(bin, &tmp.0, &o.ring, r, 5.0, o.threads, Some(&data), &[])?;
+        step(agent, &tmp.0, &o.ring, r, 5.0, o.threads, Some(&data))?;
         let rep = output(
             Command::new("perf")
                 .args(["report", "--stdio", "--no-children", "-g", "none", "-i"])
@@ -421,9 +411,7 @@ pub fn ab(
         for round in 0..rounds {
             for (i, side) in [&a, &b].into_iter().enumerate() {
                 println!("rate {rate:.0}/s, round {}, {}:", round + 1, ["A", "B"][i]);
-                per[i].push(step(
-                    side.bin, &tmp.0, ring, rate, secs, threads, None, side.args,
-                )?);
+                per[i].push(step(side, &tmp.0, ring, rate, secs, threads, None)?);
             }
         }
         rows.push((rate, per));
