@@ -3,7 +3,7 @@
 //! the agent falls behind and the kernel ring buffer overflows (records lost, counted).
 //! Run ahead of the workload instead (auditd boosts its daemon the same way, with
 //! `priority_boost`), and the workload waits for the agent: slower, but nothing is lost.
-//! Measured side by side in docs/BENCHMARKS.md ("Priority").
+//! Measured side by side: docs/OPERATIONS.md, "Priority".
 //!
 //! Linux keeps a nice value per thread, and a new thread inherits its creator's, so the
 //! value is set on every thread that exists when the agent starts, before it spawns any.
