@@ -255,9 +255,8 @@ async fn silence_watch(state: Arc<AppState>, threshold: Duration, mut stop: watc
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            biased;
-            () = stopped(&mut stop) => return,
             _ = interval.tick() => {}
+            () = stopped(&mut stop) => return,
         }
         let st = state.clone();
         let check = tokio::task::spawn_blocking(move || {

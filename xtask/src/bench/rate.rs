@@ -186,7 +186,6 @@ fn step(
     threads: usize,
     perf_out: Option<&Path>,
 ) -> Result<Step> {
-    let bin = agent.bin;
     check_interrupted()?;
     let vault = tmp.join("vault");
     let _ = std::fs::remove_dir_all(&vault);
@@ -197,8 +196,8 @@ fn step(
         vault.to_str().context("UTF-8 path")?,
     ];
     args.extend(agent.args.iter().map(String::as_str));
-    let mut agent = start_agent(bin, &args)?;
-    let pid = agent.pid();
+    let mut proc = start_agent(agent.bin, &args)?;
+    let pid = proc.pid();
     let perf = match perf_out {
         Some(out) => Some(Proc::spawn(
             "perf record",
@@ -232,8 +231,8 @@ fn step(
     if let Some(mut p) = perf {
         p.stop(Duration::from_secs(30))?;
     }
-    agent.stop(Duration::from_secs(300))?;
-    let (in_vault, loss_records) = count(bin, &vault)?;
+    proc.stop(Duration::from_secs(300))?;
+    let (in_vault, loss_records) = count(agent.bin, &vault)?;
     let _ = std::fs::remove_dir_all(&vault);
     let s = Step {
         target: rate,
@@ -381,15 +380,15 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
     Ok(res)
 }
 
-/// Binaries `a` and `b` at each rate, `rounds` times, interleaved: prints each step, then
-/// per binary and rate the median agent CPU per event (µs of CPU time, user + system)
-/// and the total loss.
 /// One side of an A/B comparison: a binary and extra `auditor watch` arguments.
 pub struct Side<'a> {
     pub bin: &'a Path,
     pub args: &'a [String],
 }
 
+/// Sides `a` and `b` at each rate, `rounds` times, interleaved: prints each step, then
+/// per side and rate the median rate reached, agent CPU per event (µs of CPU time, user +
+/// system) and the total loss.
 pub fn ab(
     a: Side<'_>,
     b: Side<'_>,
