@@ -13,7 +13,7 @@ use auditor_common::{
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_cgroup_id,
         generated::{bpf_loop, bpf_probe_read_user, bpf_probe_read_user_str},
     },
     macros::tracepoint,
@@ -57,11 +57,6 @@ pub fn sys_exit_execveat(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn comm_into(dst: &mut [u8; 16]) {
-    *dst = bpf_get_current_comm().unwrap_or([0; 16]);
-}
-
-#[inline(always)]
 fn exec_enter(ctx: &TracePointContext, which: u32) {
     let Some(mut rec) = Record::<ExecEvent>::start(kind::EXEC) else {
         return;
@@ -79,7 +74,7 @@ fn exec_enter(ctx: &TracePointContext, which: u32) {
         (*ev).argv_len = 0;
         (*ev)._pad = 0;
         (*ev).cgroup_id = bpf_get_current_cgroup_id();
-        comm_into(&mut (*ev).comm);
+        kernel::comm_into(&raw mut (*ev).comm);
         (*ev).tty = [0; auditor_common::limits::TTY_LEN];
     }
     if !ready {
@@ -283,7 +278,7 @@ fn exec_exit(ctx: &TracePointContext) {
     unsafe {
         (*ev).ret = ret;
         (*ev).exe_len = 0;
-        comm_into(&mut (*ev).comm);
+        kernel::comm_into(&raw mut (*ev).comm);
         (*ev).creds = if ready {
             kernel::creds(task)
         } else {

@@ -17,7 +17,7 @@ use auditor_common::{
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
     },
     macros::{map, tracepoint},
@@ -533,7 +533,7 @@ fn finish(mut rec: Record<FileEvent>, task: u64) {
         (*ev).cgroup_id = bpf_get_current_cgroup_id();
         (*ev)._pad = 0;
         (*ev).name2_ptr = 0;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        kernel::comm_into(&raw mut (*ev).comm);
     }
     // SAFETY: as above.
     let (op, req, ring) = unsafe { ((*ev).op, (*ev).req, (*ev).ring) };
@@ -547,8 +547,7 @@ fn finish(mut rec: Record<FileEvent>, task: u64) {
     rec.submit();
 }
 
-/// Emits the result of a syscall whose entry was emitted (file ops, connect, and the
-/// guard hooks).
+/// Emits the result of a syscall whose entry was emitted (file ops and the guard hooks).
 #[inline(always)]
 pub(crate) fn syscall_exit(ctx: &TracePointContext) {
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -557,6 +556,12 @@ pub(crate) fn syscall_exit(ctx: &TracePointContext) {
         return;
     };
     let _ = INFLIGHT.remove(tid);
+    syscall_result(ctx, op);
+}
+
+/// Emits a `SYSCALL_RESULT` record: the return value of syscall `op`.
+#[inline(always)]
+pub(crate) fn syscall_result(ctx: &TracePointContext, op: u32) {
     let Some(mut rec) = Record::<SyscallResultEvent>::start(kind::SYSCALL_RESULT) else {
         return;
     };

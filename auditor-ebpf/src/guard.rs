@@ -9,10 +9,7 @@
 
 use auditor_common::{SignalEvent, SyscallEvent, file_op, flags, kind, sys_op};
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_probe_read_user,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -50,7 +47,7 @@ fn emit(nr: u32, args: [u64; 4]) {
         (*ev).nr = nr;
         (*ev)._pad = 0;
         (*ev).args = args;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        kernel::comm_into(&raw mut (*ev).comm);
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     let _ = INFLIGHT.insert(tid, file_op::SYSCALL_BASE + nr, 0);
@@ -188,7 +185,7 @@ fn signal(ctx: &RawTracePointContext) {
         (*ev).target_pid = target_pid;
         (*ev).result = result as i32;
         (*ev)._pad = 0;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        kernel::comm_into(&raw mut (*ev).comm);
     }
     rec.submit();
 }

@@ -53,6 +53,29 @@ pub fn read<T>(base: u64, off: u64) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel((base + off) as *const T).map_err(|e| e as i64) }
 }
 
+/// Writes the current task's `comm` into `dst`, NUL-padded (zeroed if unreadable).
+///
+/// Straight into the record: `bpf_get_current_comm()` returns the name by value, and
+/// moving that `[u8; 16]` through the stack into an 8-aligned field was byte copies plus
+/// three calls of the byte-loop `memset` in every program.
+#[inline(always)]
+pub fn comm_into(dst: *mut [u8; 16]) {
+    // SAFETY: `dst` is 16 writable bytes; the helper pads with NULs, and zeroes the
+    // buffer when it fails.
+    unsafe { aya_ebpf::helpers::generated::bpf_get_current_comm(dst.cast(), 16) };
+}
+
+/// Zeroes `words` with one store per word. A zeroing the compiler recognises (an array
+/// literal, adjacent zero fields) becomes a call of `memset`, which on BPF is a loop of
+/// single-byte stores; volatile stores are never merged into one.
+#[inline(always)]
+pub fn zero_words<const N: usize>(words: &mut [u64; N]) {
+    for w in words.iter_mut() {
+        // SAFETY: `w` is a valid, aligned u64.
+        unsafe { core::ptr::write_volatile(w, 0) };
+    }
+}
+
 #[inline(always)]
 pub fn current_task() -> u64 {
     // SAFETY: helper without preconditions.

@@ -91,3 +91,55 @@ fn unix_socket_path_and_nonblocking_connect() {
     assert_eq!(e["port"], port);
     a.stop();
 }
+
+/// The socket address is read in one copy when `addrlen` covers it; these are the other
+/// cases, through raw `connect(2)` calls the kernel refuses: a sockaddr_in that ends where
+/// its mapping ends but claims 24 bytes (the one-copy read faults, the fields are still
+/// read one by one), a short `addrlen` (the fields beyond it are read anyway: the attempt
+/// is what is recorded), and an address that cannot be read at all.
+#[test]
+fn socket_address_at_a_mapping_end_short_or_unreadable() {
+    let a = Auditor::start(&[]);
+    let (pid, st) = python(
+        r#"
+import ctypes, mmap, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt(addr, length):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r = libc.connect(s.fileno(), ctypes.c_void_p(addr), length)
+    e = ctypes.get_errno()
+    s.close()
+    return e if r < 0 else 0
+def sin(port):
+    return struct.pack('<H', socket.AF_INET) + struct.pack('>H', port) + socket.inet_aton('127.0.0.1') + bytes(8)
+P = mmap.PAGESIZE
+pages = mmap.mmap(-1, 2 * P)
+base = ctypes.addressof(ctypes.c_char.from_buffer(pages))
+libc.mprotect(ctypes.c_void_p(base + P), P, 0)  # PROT_NONE: the mapping's end
+pages[P - 16:P] = sin(int(sys.argv[1]))
+end = base + P - 16
+short = ctypes.create_string_buffer(sin(int(sys.argv[2])), 16)
+errs = [attempt(end, 24), attempt(ctypes.addressof(short), 8), attempt(1, 16)]
+sys.exit(0 if errs == [14, 22, 14] else 1)
+"#,
+        &["40111", "40112"],
+    );
+    assert!(st.success(), "the raw connects did not fail as expected");
+    let at_end = connect_event(&a, pid, |e| e["port"] == 40111);
+    assert_eq!(at_end["family"], "inet");
+    assert_eq!(at_end["address"], "127.0.0.1");
+    assert_eq!(at_end["errno"], "EFAULT");
+    assert!(at_end.get("warnings").is_none(), "{at_end}");
+    let short = connect_event(&a, pid, |e| e["port"] == 40112);
+    assert_eq!(short["family"], "inet");
+    assert_eq!(short["address"], "127.0.0.1");
+    assert_eq!(short["errno"], "EINVAL");
+    let unreadable = connect_event(&a, pid, |e| {
+        e["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|x| x == "address_fault"))
+    });
+    assert_eq!(unreadable["errno"], "EFAULT");
+    assert!(unreadable.get("address").is_none(), "{unreadable}");
+    a.stop();
+}
