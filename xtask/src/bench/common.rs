@@ -247,8 +247,54 @@ pub fn peak_rss_kib(pid: u32) -> Result<u64> {
         .context("no VmHWM in /proc/PID/status")
 }
 
-/// The agent's resident memory by kind right now (RssAnon, RssFile, RssShmem), in KiB:
-/// says whether the peak is heap or mapped ring-buffer pages.
+/// Proportional set size in KiB (`Pss` of /proc/PID/smaps_rollup): each physical page
+/// once, shared pages split among their mappings. The ring buffer's data pages, which the
+/// kernel maps twice into the agent (RSS counts them twice), count once here.
+pub fn pss_kib(pid: u32) -> Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no Pss in /proc/PID/smaps_rollup")
+}
+
+/// Samples [`pss_kib`] of `pid` every `every` until dropped; [`PssSampler::peak`] is the
+/// largest sample (the kernel keeps a peak for RSS, VmHWM, but none for PSS).
+pub struct PssSampler {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl PssSampler {
+    pub fn start(pid: u32, every: Duration) -> Self {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(kib) = pss_kib(pid) {
+                    peak = peak.max(kib);
+                }
+                std::thread::sleep(every);
+            }
+            peak
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; the peak in KiB (0 if no sample could be read).
+    pub fn peak(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
 /// Resident KiB of the BPF maps mapped into `pid` (for the agent: the ring buffer, whose
 /// data pages the kernel maps twice so records can wrap; kernel memory, counted in RSS).
 pub fn bpf_map_rss_kib(pid: u32) -> Result<u64> {
@@ -274,6 +320,8 @@ pub fn bpf_map_rss_kib(pid: u32) -> Result<u64> {
     Ok(kib)
 }
 
+/// The agent's resident memory by kind right now (RssAnon, RssFile, RssShmem), in KiB:
+/// says whether the peak is heap or mapped ring-buffer pages.
 pub fn rss_breakdown(pid: u32) -> Result<Vec<(String, u64)>> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;

@@ -18,8 +18,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::common::{
-    Proc, TempDir, bpf_map_rss_kib, check_interrupted, cpu_seconds, output, peak_rss_kib,
-    percentile, rfc3339_ns, rss_breakdown, start_agent,
+    Proc, PssSampler, TempDir, bpf_map_rss_kib, check_interrupted, cpu_seconds, output,
+    peak_rss_kib, percentile, rfc3339_ns, rss_breakdown, start_agent,
 };
 
 pub struct Vault {
@@ -146,6 +146,8 @@ pub struct Phase {
 pub struct PipelineResults {
     pub phases: Vec<Phase>,
     pub peak_rss_mib: f64,
+    /// Largest PSS sampled every 250 ms over the run (the ring's pages once), MiB.
+    pub peak_pss_mib: f64,
     /// Resident size of the ring buffer's mapping in the agent, MiB.
     pub ring_mapped_mib: f64,
     /// VmHWM right after the agent attached (before any load), MiB.
@@ -223,6 +225,7 @@ pub fn run(bin: &Path, phases: &[(f64, f64)], threads: usize) -> Result<Pipeline
     let pid = agent.pid();
     let hwm_attached = peak_rss_kib(pid)? as f64 / 1024.0;
     println!("  agent VmHWM once its programs are attached: {hwm_attached:.1} MiB");
+    let pss = PssSampler::start(pid, Duration::from_millis(250));
     let mut out = Vec::new();
     for (i, &(rate, secs)) in phases.iter().enumerate() {
         let marker = format!("ttv-{i}-{}", std::process::id());
@@ -259,6 +262,7 @@ pub fn run(bin: &Path, phases: &[(f64, f64)], threads: usize) -> Result<Pipeline
         out.push(p);
     }
     let rss = peak_rss_kib(pid)? as f64 / 1024.0;
+    let peak_pss = pss.peak() as f64 / 1024.0;
     let ring_mapped = bpf_map_rss_kib(pid)? as f64 / 1024.0;
     let rss_now: Vec<(String, f64)> = rss_breakdown(pid)?
         .into_iter()
@@ -266,13 +270,14 @@ pub fn run(bin: &Path, phases: &[(f64, f64)], threads: usize) -> Result<Pipeline
         .collect();
     let shown: Vec<String> = rss_now.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
     println!(
-        "  agent peak RSS (VmHWM) {rss:.1} MiB, of which {ring_mapped:.1} MiB is the ring buffer mapping; at the end (MiB): {}",
+        "  agent peak RSS (VmHWM) {rss:.1} MiB, of which {ring_mapped:.1} MiB is the ring buffer mapping; peak PSS {peak_pss:.1} MiB; at the end (MiB): {}",
         shown.join(", ")
     );
     agent.stop(Duration::from_secs(60))?;
     Ok(PipelineResults {
         phases: out,
         peak_rss_mib: rss,
+        peak_pss_mib: peak_pss,
         ring_mapped_mib: ring_mapped,
         hwm_attached,
         fsync,

@@ -383,12 +383,16 @@ pub fn markdown(a: &All) -> String {
              {:.1} MiB of it is the kernel's ring buffer mapped into the agent: the kernel maps \
              the ring's data pages twice (so a record can wrap around its end), and RSS counts \
              both mappings of the same kernel memory; its size is `--ring-buffer-size`. The \
-             agent's own memory at its peak is therefore **{:.1} MiB**.",
+             agent's own memory at its peak is therefore **{:.1} MiB**. Its peak PSS \
+             (proportional set size from /proc/PID/smaps_rollup, sampled every 250 ms during \
+             the load: each physical page once, so the ring's pages count once, not twice) \
+             was **{:.1} MiB**.",
             p.peak_rss_mib,
             p.hwm_attached,
             parts.join(", "),
             p.ring_mapped_mib,
-            p.peak_rss_mib - p.ring_mapped_mib
+            p.peak_rss_mib - p.ring_mapped_mib,
+            p.peak_pss_mib
         );
         if let Some(ph) = p.phases.first() {
             targets.push((
@@ -401,6 +405,11 @@ pub fn markdown(a: &All) -> String {
             "agent RSS ≤ 40 MB (VmHWM, every mapping)".into(),
             format!("{:.1} MiB", p.peak_rss_mib),
             p.peak_rss_mib * 1.048576 <= 40.0,
+        ));
+        targets.push((
+            "agent memory ≤ 40 MB (peak PSS: the ring buffer's pages counted once)".into(),
+            format!("{:.1} MiB", p.peak_pss_mib),
+            p.peak_pss_mib * 1.048576 <= 40.0,
         ));
         let own = p.peak_rss_mib - p.ring_mapped_mib;
         targets.push((
