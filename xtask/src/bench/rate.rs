@@ -64,8 +64,11 @@ pub struct RateResults {
     pub steps: Vec<Step>,
     /// Long holds at the best step's rate, then lower ones while they lose.
     pub holds: Vec<Step>,
-    /// `perf report` lines for the agent at the first lossy rate.
+    /// `perf report` lines for the agent at the first lossy rate, or at the last rate
+    /// tried when none lost.
     pub profile: Vec<String>,
+    /// The target rate profiled, and whether it was a lossy one.
+    pub profile_at: Option<(f64, bool)>,
 }
 
 impl RateResults {
@@ -335,6 +338,7 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         steps,
         holds: Vec::new(),
         profile: Vec::new(),
+        profile_at: None,
     };
     // Hold the best rate for hold_seconds; a short step can hide a slow fill of the ring,
     // so on loss step down by 0.8 and hold again (at most three holds).
@@ -354,10 +358,11 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         }
     }
     if o.profile && Path::new("/usr/bin/perf").exists() {
-        let r = res.first_lossy().map_or_else(
-            || res.steps.last().map_or(o.start, |s| s.target),
-            |s| s.target,
+        let (r, lossy) = res.first_lossy().map_or_else(
+            || (res.steps.last().map_or(o.start, |s| s.target), false),
+            |s| (s.target, true),
         );
+        res.profile_at = Some((r, lossy));
         let data = tmp.0.join("perf.data");
         println!("profiling the agent at {r:.0}/s (perf record -g, not counted above)");
         step(agent, &tmp.0, &o.ring, r, 5.0, o.threads, Some(&data))?;

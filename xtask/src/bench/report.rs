@@ -300,9 +300,16 @@ pub fn markdown(a: &All) -> String {
             sustained.is_some_and(|x| x >= 300_000.0),
         ));
         if !r.profile.is_empty() {
+            let at = match r.profile_at {
+                Some((rate, true)) => format!("at the first lossy rate ({rate:.0}/s target)"),
+                Some((rate, false)) => {
+                    format!("at the last rate tried ({rate:.0}/s target; none lost)")
+                }
+                None => "under load".to_owned(),
+            };
             let _ = writeln!(
                 s,
-                "\nWhere the agent spends its time at the first lossy rate (`perf record -g -p AGENT`, \
+                "\nWhere the agent spends its time {at} (`perf record -g -p AGENT`, \
                  5 s, self time by thread, DSO and symbol, ≥ 1.5 %):\n\n```\n{}\n```",
                 r.profile.join("\n")
             );
@@ -335,23 +342,23 @@ pub fn markdown(a: &All) -> String {
             );
         }
         let first = p.phases.first().cloned().unwrap_or_default();
+        let held = p.fsync.2 / 1e3 * first.rate;
+        let pct = p.fsync.2 / 1e3 / first.seconds * 100.0;
+        let verdict = if pct >= 1.0 {
+            "enough to set the p99 even when the disk's own p99 is small"
+        } else {
+            "under 1 % of the sample, so a stall of that size alone does not set the p99"
+        };
         let _ = writeln!(
             s,
             "\nThe disk under the vault, measured just before (200 × append 4 KiB + \
              `fdatasync`): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms. The agent's sink thread \
              `fdatasync`s its spool whenever its queue is momentarily empty (docs/DELIVERY.md) \
              and the vault fsyncs each batch before taking the next, so one flush stall \
-             delays every event captured while it lasts: at {:.0} events/s a single {:.0} ms \
-             stall holds back {:.0} events, {:.1} % of a {:.0} s sample — enough to set the \
-             p99 even when the disk's own p99 is small.",
-            p.fsync.0,
-            p.fsync.1,
-            p.fsync.2,
-            first.rate,
-            p.fsync.2,
-            p.fsync.2 / 1e3 * first.rate,
-            p.fsync.2 / 1e3 / first.seconds * 100.0,
-            first.seconds
+             delays every event captured while it lasts: at {:.0} events/s a single {:.1} ms \
+             stall holds back about {held:.1} events, {pct:.2} % of a {:.0} s sample: \
+             {verdict}.",
+            p.fsync.0, p.fsync.1, p.fsync.2, first.rate, p.fsync.2, first.seconds
         );
         if let Some(ph) = p.phases.last()
             && p.phases.len() > 1
