@@ -21,7 +21,7 @@ use aya_ebpf::{
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
     },
     macros::{map, tracepoint},
-    maps::{HashMap, ProgramArray},
+    maps::{LruHashMap, ProgramArray},
     programs::TracePointContext,
 };
 
@@ -37,9 +37,48 @@ pub(crate) const AT_FDCWD: i32 = -100;
 const O_TRUNC: u64 = 0o1000;
 const O_CREAT_WRONLY_TRUNC: u32 = 0o1101;
 
-/// tid -> op of an emitted entry waiting for its exit.
+/// tid -> op of an emitted entry waiting for its exit, 0 when none is.
+///
+/// Entries are not deleted: the exit zeroes the value in place, and the thread's next
+/// entry writes it in place, both plain stores through the looked-up pointer. An insert
+/// and a delete per syscall (each takes the bucket lock and a free-list node) made the
+/// file storm's hooks 13.2 rather than 11.1 µs per iteration (bpf_stats; the exits 790
+/// rather than 580 ns). An LRU map,
+/// so the entries of threads long gone make room for new ones: evicting a live entry
+/// takes INFLIGHT_MAX other threads starting a watched syscall while it waits, and costs
+/// only that syscall's result (the agent emits the entry after 10 s as `result_missing`).
 #[map(name = "INFLIGHT")]
-pub(crate) static INFLIGHT: HashMap<u32, u32> = HashMap::with_max_entries(INFLIGHT_MAX, 0);
+static INFLIGHT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(INFLIGHT_MAX, 0);
+
+/// Notes that this thread's `op` entry was emitted and waits for its exit.
+#[inline(always)]
+pub(crate) fn inflight_set(op: u32) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    match INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: a value of this map; only this thread writes its own tid's value.
+        Some(p) => unsafe { core::ptr::write_volatile(p, op) },
+        None => {
+            // A failed insert only costs the result record; the entry is still emitted.
+            let _ = INFLIGHT.insert(tid, op, 0);
+        }
+    }
+}
+
+/// The op of this thread's entry waiting for its exit, if any; marks it taken.
+#[inline(always)]
+fn inflight_take() -> Option<u32> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let p = INFLIGHT.get_ptr_mut(tid)?;
+    // SAFETY: as in `inflight_set`.
+    unsafe {
+        let op = core::ptr::read_volatile(p);
+        if op == 0 {
+            return None;
+        }
+        core::ptr::write_volatile(p, 0);
+        Some(op)
+    }
+}
 
 /// Slot 0: `file_rename_part2`, which resolves a rename's second path. Splitting the
 /// two path walks over a tail call keeps each program well inside the verifier's budget.
@@ -540,9 +579,7 @@ fn finish(mut rec: Record<FileEvent>, task: u64) {
     if req != 0 {
         crate::iouring::track(req, ring);
     } else {
-        let tid = bpf_get_current_pid_tgid() as u32;
-        // A full table only costs the result record; the entry is still emitted.
-        let _ = INFLIGHT.insert(tid, op, 0);
+        inflight_set(op);
     }
     rec.submit();
 }
@@ -550,12 +587,9 @@ fn finish(mut rec: Record<FileEvent>, task: u64) {
 /// Emits the result of a syscall whose entry was emitted (file ops and the guard hooks).
 #[inline(always)]
 pub(crate) fn syscall_exit(ctx: &TracePointContext) {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: plain value copy out of the map.
-    let Some(op) = (unsafe { INFLIGHT.get(tid).copied() }) else {
+    let Some(op) = inflight_take() else {
         return;
     };
-    let _ = INFLIGHT.remove(tid);
     syscall_result(ctx, op);
 }
 

@@ -16,7 +16,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::Record,
-    file::{INFLIGHT, syscall_exit},
+    file::{inflight_set, syscall_exit},
     kernel::{self, off, read, syscall_arg as arg},
 };
 
@@ -49,8 +49,7 @@ fn emit(nr: u32, args: [u64; 4]) {
         (*ev).args = args;
         kernel::comm_into(&raw mut (*ev).comm);
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = INFLIGHT.insert(tid, file_op::SYSCALL_BASE + nr, 0);
+    inflight_set(file_op::SYSCALL_BASE + nr);
     rec.submit();
 }
 
