@@ -303,7 +303,7 @@ pub fn markdown(a: &All) -> String {
             let at = match r.profile_at {
                 Some((rate, true)) => format!("at the first lossy rate ({rate:.0}/s target)"),
                 Some((rate, false)) => {
-                    format!("at the last rate tried ({rate:.0}/s target; none lost)")
+                    format!("at the last rate tried ({rate:.0}/s target; no step lost)")
                 }
                 None => "under load".to_owned(),
             };
