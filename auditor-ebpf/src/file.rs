@@ -43,10 +43,10 @@ const O_CREAT_WRONLY_TRUNC: u32 = 0o1101;
 /// entry writes it in place, both plain stores through the looked-up pointer. An insert
 /// and a delete per syscall (each takes the bucket lock and a free-list node) made the
 /// file storm's hooks 13.2 rather than 11.1 µs per iteration (bpf_stats; the exits 790
-/// rather than 580 ns). An LRU map,
-/// so the entries of threads long gone make room for new ones: evicting a live entry
-/// takes INFLIGHT_MAX other threads starting a watched syscall while it waits, and costs
-/// only that syscall's result (the agent emits the entry after 10 s as `result_missing`).
+/// rather than 580 ns). An LRU map, so the entries of threads long gone make room for
+/// new ones: evicting a live entry takes INFLIGHT_MAX other threads starting a watched
+/// syscall while it waits, and costs only that syscall's result (the agent emits the
+/// entry after 10 s as `result_missing`).
 #[map(name = "INFLIGHT")]
 static INFLIGHT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(INFLIGHT_MAX, 0);
 

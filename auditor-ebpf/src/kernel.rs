@@ -66,8 +66,9 @@ pub fn comm_into(dst: *mut [u8; 16]) {
 }
 
 /// Zeroes `words` with one store per word. A zeroing the compiler recognises (an array
-/// literal, adjacent zero fields) becomes a call of `memset`, which on BPF is a loop of
-/// single-byte stores; volatile stores are never merged into one.
+/// literal, adjacent zero fields) becomes a `memset`, which on BPF is a loop of
+/// single-byte stores unless LLVM expands it inline (it does with the linker flag set in
+/// `build.rs`); volatile stores are never merged into one, whatever the flags.
 #[inline(always)]
 pub fn zero_words<const N: usize>(words: &mut [u64; N]) {
     for w in words.iter_mut() {

@@ -58,7 +58,7 @@ pub(crate) fn connect_entry(fd: i32, sa: u64, addrlen: u32, ring: Ring) {
     // The usual case in one helper call rather than three (each is a fault-handling user
     // copy): the whole sockaddr_in (16 bytes), or sockaddr_in6 up to its address (24),
     // when `addrlen` says the caller's memory holds that much. Words, zeroed by volatile
-    // stores: a zeroing the compiler recognises becomes a call of the byte-loop memset.
+    // stores (see `kernel::zero_words`).
     let mut buf = [0u64; 3];
     kernel::zero_words(&mut buf);
     kernel::zero_words(&mut addr);
@@ -131,7 +131,7 @@ pub(crate) fn connect_entry(fd: i32, sa: u64, addrlen: u32, ring: Ring) {
         core::ptr::write_volatile(dst, addr[0]);
         core::ptr::write_volatile(dst.add(1), addr[1]);
         kernel::comm_into(&raw mut (*ev).comm);
-        // Volatile: two zeros (a plain syscall) would be merged into a memset call.
+        // Volatile: two zeros (a plain syscall) are never merged into a memset.
         core::ptr::write_volatile(&raw mut (*ev).ring, ring.ring);
         core::ptr::write_volatile(&raw mut (*ev).req, ring.req);
     }
