@@ -65,18 +65,6 @@ pub fn comm_into(dst: *mut [u8; 16]) {
     unsafe { aya_ebpf::helpers::generated::bpf_get_current_comm(dst.cast(), 16) };
 }
 
-/// Zeroes `words` with one store per word. A zeroing the compiler recognises (an array
-/// literal, adjacent zero fields) becomes a `memset`, which on BPF is a loop of
-/// single-byte stores unless LLVM expands it inline (it does with the linker flag set in
-/// `build.rs`); volatile stores are never merged into one, whatever the flags.
-#[inline(always)]
-pub fn zero_words<const N: usize>(words: &mut [u64; N]) {
-    for w in words.iter_mut() {
-        // SAFETY: `w` is a valid, aligned u64.
-        unsafe { core::ptr::write_volatile(w, 0) };
-    }
-}
-
 #[inline(always)]
 pub fn current_task() -> u64 {
     // SAFETY: helper without preconditions.

@@ -235,34 +235,31 @@ fn stat_cpu_seconds(path: &str) -> Result<(String, f64)> {
     Ok((name, (tick(11)? + tick(12)?) / hz))
 }
 
-/// Peak resident set size (VmHWM) in KiB.
-pub fn peak_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+/// The KiB value of the `key:` line of a /proc/PID file (`status`, `smaps_rollup`).
+fn proc_kib(pid: u32, file: &str, key: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .with_context(|| format!("reading /proc/{pid}/{file}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmHWM in /proc/PID/status")
+        .with_context(|| format!("no {key} in /proc/PID/{file}"))
+}
+
+/// Peak resident set size (VmHWM) in KiB.
+pub fn peak_rss_kib(pid: u32) -> Result<u64> {
+    proc_kib(pid, "status", "VmHWM")
 }
 
 /// Proportional set size in KiB (`Pss` of /proc/PID/smaps_rollup): each physical page
 /// once, shared pages split among their mappings. The ring buffer's data pages, which the
 /// kernel maps twice into the agent (RSS counts them twice), count once here.
 pub fn pss_kib(pid: u32) -> Result<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no Pss in /proc/PID/smaps_rollup")
+    proc_kib(pid, "smaps_rollup", "Pss")
 }
 
-/// Samples [`pss_kib`] of `pid` every `every` until dropped; [`PssSampler::peak`] is the
-/// largest sample (the kernel keeps a peak for RSS, VmHWM, but none for PSS).
+/// Samples [`pss_kib`] of `pid` every `every` until [`PssSampler::peak`] (the largest
+/// sample) or drop; the kernel keeps a peak for RSS (VmHWM), but none for PSS.
 pub struct PssSampler {
     stop: std::sync::Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<u64>>,
@@ -292,6 +289,13 @@ impl PssSampler {
     pub fn peak(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for PssSampler {
+    /// A run that fails part-way stops the sampling thread too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -333,4 +337,17 @@ pub fn rss_breakdown(pid: u32) -> Result<Vec<(String, u64)>> {
             Some((k.to_owned(), v.split_whitespace().next()?.parse().ok()?))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kib_values_of_this_process_are_read() {
+        let me = std::process::id();
+        assert!(peak_rss_kib(me).expect("VmHWM") > 0);
+        assert!(pss_kib(me).expect("Pss") > 0);
+        assert!(proc_kib(me, "status", "NoSuchKey").is_err());
+    }
 }

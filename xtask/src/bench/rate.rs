@@ -64,11 +64,8 @@ pub struct RateResults {
     pub steps: Vec<Step>,
     /// Long holds at the best step's rate, then lower ones while they lose.
     pub holds: Vec<Step>,
-    /// `perf report` lines for the agent at the first lossy rate, or at the last rate
-    /// tried when none lost.
+    /// `perf report` lines for the agent at [`RateResults::profile_target`].
     pub profile: Vec<String>,
-    /// The target rate profiled, and whether it was a lossy one.
-    pub profile_at: Option<(f64, bool)>,
 }
 
 impl RateResults {
@@ -79,6 +76,15 @@ impl RateResults {
             .filter(|s| s.lossless())
             .max_by(|a, b| a.achieved().total_cmp(&b.achieved()))
     }
+    /// The target rate to profile: the first lossy step's (true), else the last step's
+    /// (false: none lost).
+    pub fn profile_target(&self) -> Option<(f64, bool)> {
+        match self.first_lossy() {
+            Some(s) => Some((s.target, true)),
+            None => self.steps.last().map(|s| (s.target, false)),
+        }
+    }
+
     /// The lowest rate that lost events.
     pub fn first_lossy(&self) -> Option<&Step> {
         self.steps
@@ -338,7 +344,6 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         steps,
         holds: Vec::new(),
         profile: Vec::new(),
-        profile_at: None,
     };
     // Hold the best rate for hold_seconds; a short step can hide a slow fill of the ring,
     // so on loss step down by 0.8 and hold again (at most three holds).
@@ -358,11 +363,7 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         }
     }
     if o.profile && Path::new("/usr/bin/perf").exists() {
-        let (r, lossy) = res.first_lossy().map_or_else(
-            || (res.steps.last().map_or(o.start, |s| s.target), false),
-            |s| (s.target, true),
-        );
-        res.profile_at = Some((r, lossy));
+        let r = res.profile_target().map_or(o.start, |(r, _)| r);
         let data = tmp.0.join("perf.data");
         println!("profiling the agent at {r:.0}/s (perf record -g, not counted above)");
         step(agent, &tmp.0, &o.ring, r, 5.0, o.threads, Some(&data))?;

@@ -300,7 +300,7 @@ pub fn markdown(a: &All) -> String {
             sustained.is_some_and(|x| x >= 300_000.0),
         ));
         if !r.profile.is_empty() {
-            let at = match r.profile_at {
+            let at = match r.profile_target() {
                 Some((rate, true)) => format!("at the first lossy rate ({rate:.0}/s target)"),
                 Some((rate, false)) => {
                     format!("at the last rate tried ({rate:.0}/s target; no step lost)")
