@@ -320,7 +320,7 @@ fn reload(reloader: &mut Option<Reloader>, ebpf: &mut aya::Ebpf, asm: &mut Assem
 
 /// Reads up to a batch of records; true when the ring is empty.
 fn drain_ring(
-    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    ring: &mut bpf::ringbuf::EventRing,
     asm: &mut Assembler,
     out: &mut Vec<Stamped>,
 ) -> bool {

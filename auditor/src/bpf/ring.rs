@@ -4,8 +4,10 @@
 use auditor_common::{LossCounter, names};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Map, MapData, PerCpuArray},
 };
+
+use super::ringbuf::{EventRing, RingBufError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
@@ -16,17 +18,21 @@ pub enum RingError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("map `{0}` is not a ring buffer")]
+    NotRing(&'static str),
+    #[error(transparent)]
+    RingBuf(#[from] RingBufError),
 }
 
 /// Takes the ring buffer out of the loaded object.
-pub fn take_ring(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, RingError> {
+pub fn take_ring(ebpf: &mut Ebpf) -> Result<EventRing, RingError> {
     let map = ebpf
         .take_map(names::EVENTS)
         .ok_or(RingError::MissingMap(names::EVENTS))?;
-    RingBuf::try_from(map).map_err(|source| RingError::Map {
-        name: names::EVENTS,
-        source,
-    })
+    let Map::RingBuf(data) = map else {
+        return Err(RingError::NotRing(names::EVENTS));
+    };
+    Ok(EventRing::new(data)?)
 }
 
 /// Reads the kernel's per-CPU loss counters and reports what changed since last time.
