@@ -267,9 +267,8 @@ fn exec_exit(ctx: &TracePointContext) {
     let ev = rec.fixed();
     let task = kernel::current_task();
     let ready = kernel::offsets_ready();
-    // SAFETY: reads inside the tracepoint record.
     let ret = if ready {
-        unsafe { ctx.read_at::<i64>(off!(tp_exit_ret) as usize) }.unwrap_or(i64::MIN)
+        kernel::syscall_ret(ctx)
     } else {
         i64::MIN
     };

@@ -599,8 +599,7 @@ pub(crate) fn syscall_result(ctx: &TracePointContext, op: u32) {
     let Some(mut rec) = Record::<SyscallResultEvent>::start(kind::SYSCALL_RESULT) else {
         return;
     };
-    // SAFETY: reads inside the tracepoint record.
-    let ret = unsafe { ctx.read_at::<i64>(off!(tp_exit_ret) as usize) }.unwrap_or(i64::MIN);
+    let ret = kernel::syscall_ret(ctx);
     let ev = rec.fixed();
     // SAFETY: `ev` points at this CPU's scratch buffer, sized and aligned for the struct.
     unsafe {

@@ -272,9 +272,38 @@ pub fn tty_name(task: u64, out: &mut [u8; auditor_common::limits::TTY_LEN]) {
     }
 }
 
-/// Argument `i` of a `sys_enter_*` tracepoint record (offsets from BTF).
+/// Where `sys_enter_*` records keep their arguments and `sys_exit_*` records their return
+/// value on the kernels we know: right after the 8-byte `trace_entry` and the `int`
+/// syscall number (padded). The loader takes the real offsets from BTF; when they are
+/// these, the programs load the value straight from the record (one instruction), not
+/// through `bpf_probe_read_kernel` (a helper call each: every `openat` on the machine
+/// pays one for its flags before the hook knows it is not interested).
+const TP_USUAL_OFFSET: u64 = 16;
+
+/// Argument `i` (a constant at every call site) of a `sys_enter_*` tracepoint record.
 #[inline(always)]
 pub fn syscall_arg(ctx: &aya_ebpf::programs::TracePointContext, i: u64) -> u64 {
+    let at = off!(tp_enter_args);
+    if at == TP_USUAL_OFFSET {
+        // SAFETY: the offsets are constants of the loaded program (the verifier removes
+        // the other branch), so this is a load at a fixed offset inside the record, which
+        // the verifier checks against the tracepoint's record size at attach time.
+        return unsafe {
+            core::ptr::read(aya_ebpf::EbpfContext::as_ptr(ctx).cast::<u64>().add(2 + i as usize))
+        };
+    }
     // SAFETY: reads inside the tracepoint record; the helper validates the address.
-    unsafe { ctx.read_at::<u64>((off!(tp_enter_args) + 8 * i) as usize) }.unwrap_or(0)
+    unsafe { ctx.read_at::<u64>((at + 8 * i) as usize) }.unwrap_or(0)
+}
+
+/// The return value in a `sys_exit_*` tracepoint record (`i64::MIN` if unreadable).
+#[inline(always)]
+pub fn syscall_ret(ctx: &aya_ebpf::programs::TracePointContext) -> i64 {
+    let at = off!(tp_exit_ret);
+    if at == TP_USUAL_OFFSET {
+        // SAFETY: as in `syscall_arg`.
+        return unsafe { core::ptr::read(aya_ebpf::EbpfContext::as_ptr(ctx).cast::<i64>().add(2)) };
+    }
+    // SAFETY: reads inside the tracepoint record; the helper validates the address.
+    unsafe { ctx.read_at::<i64>(at as usize) }.unwrap_or(i64::MIN)
 }
