@@ -289,7 +289,11 @@ pub fn syscall_arg(ctx: &aya_ebpf::programs::TracePointContext, i: u64) -> u64 {
         // the other branch), so this is a load at a fixed offset inside the record, which
         // the verifier checks against the tracepoint's record size at attach time.
         return unsafe {
-            core::ptr::read(aya_ebpf::EbpfContext::as_ptr(ctx).cast::<u64>().add(2 + i as usize))
+            core::ptr::read(
+                aya_ebpf::EbpfContext::as_ptr(ctx)
+                    .cast::<u64>()
+                    .add(2 + i as usize),
+            )
         };
     }
     // SAFETY: reads inside the tracepoint record; the helper validates the address.

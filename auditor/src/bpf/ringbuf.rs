@@ -58,7 +58,16 @@ impl Mapping {
             .map_err(|_| mmap_err(std::io::Error::other("offset out of range")))?;
         // SAFETY: a fresh shared mapping of the map's fd; the kernel checks length,
         // offset and protection against the ring buffer's layout.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, offset) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd,
+                offset,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(mmap_err(std::io::Error::last_os_error()));
         }
@@ -382,7 +391,11 @@ mod tests {
         let busy = ring.produce(b"pending", BUSY_BIT);
         let mut c = ring.cursor();
         assert!(c.next().is_none(), "a busy record is not handed out");
-        assert_eq!(ring.consumer.load(Ordering::Relaxed), 16, "the discard was released");
+        assert_eq!(
+            ring.consumer.load(Ordering::Relaxed),
+            16,
+            "the discard was released"
+        );
         ring.commit(busy, 7);
         assert_eq!(&*c.next().unwrap(), b"pending");
         assert!(c.next().is_none());
