@@ -252,8 +252,7 @@ pub fn peak_rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// Proportional set size in KiB (`Pss` of /proc/PID/smaps_rollup): each physical page
-/// once, shared pages split among their mappings. The ring buffer's data pages, which the
-/// kernel maps twice into the agent (RSS counts them twice), count once here.
+/// once, shared pages split among their mappings (a page mapped twice counts once).
 pub fn pss_kib(pid: u32) -> Result<u64> {
     proc_kib(pid, "smaps_rollup", "Pss")
 }
@@ -299,8 +298,8 @@ impl Drop for PssSampler {
     }
 }
 
-/// Resident KiB of the BPF maps mapped into `pid` (for the agent: the ring buffer, whose
-/// data pages the kernel maps twice so records can wrap; kernel memory, counted in RSS).
+/// Resident KiB of the BPF maps mapped into `pid` (for the agent: the ring buffer; kernel
+/// memory, counted in RSS).
 pub fn bpf_map_rss_kib(pid: u32) -> Result<u64> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
         .with_context(|| format!("reading /proc/{pid}/smaps"))?;
