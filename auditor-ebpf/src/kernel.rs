@@ -283,31 +283,31 @@ const TP_USUAL_OFFSET: u64 = 16;
 /// Argument `i` (a constant at every call site) of a `sys_enter_*` tracepoint record.
 #[inline(always)]
 pub fn syscall_arg(ctx: &aya_ebpf::programs::TracePointContext, i: u64) -> u64 {
-    let at = off!(tp_enter_args);
-    if at == TP_USUAL_OFFSET {
-        // SAFETY: the offsets are constants of the loaded program (the verifier removes
-        // the other branch), so this is a load at a fixed offset inside the record, which
-        // the verifier checks against the tracepoint's record size at attach time.
-        return unsafe {
-            core::ptr::read(
-                aya_ebpf::EbpfContext::as_ptr(ctx)
-                    .cast::<u64>()
-                    .add(2 + i as usize),
-            )
-        };
-    }
-    // SAFETY: reads inside the tracepoint record; the helper validates the address.
-    unsafe { ctx.read_at::<u64>((at + 8 * i) as usize) }.unwrap_or(0)
+    record_word(ctx, off!(tp_enter_args), i).unwrap_or(0)
 }
 
 /// The return value in a `sys_exit_*` tracepoint record (`i64::MIN` if unreadable).
 #[inline(always)]
 pub fn syscall_ret(ctx: &aya_ebpf::programs::TracePointContext) -> i64 {
-    let at = off!(tp_exit_ret);
+    record_word(ctx, off!(tp_exit_ret), 0).map_or(i64::MIN, |v| v as i64)
+}
+
+/// Word `i` (a constant) from offset `at` of a syscall tracepoint record: a plain load
+/// when `at` is [`TP_USUAL_OFFSET`], else `bpf_probe_read_kernel`.
+#[inline(always)]
+fn record_word(ctx: &aya_ebpf::programs::TracePointContext, at: u64, i: u64) -> Option<u64> {
     if at == TP_USUAL_OFFSET {
-        // SAFETY: as in `syscall_arg`.
-        return unsafe { core::ptr::read(aya_ebpf::EbpfContext::as_ptr(ctx).cast::<i64>().add(2)) };
+        // SAFETY: the offsets are constants of the loaded program (the verifier removes
+        // the other branch), so this is a load at a fixed offset inside the record, which
+        // the verifier checks against the tracepoint's record size at attach time.
+        return Some(unsafe {
+            core::ptr::read(
+                aya_ebpf::EbpfContext::as_ptr(ctx)
+                    .cast::<u64>()
+                    .add(2 + i as usize),
+            )
+        });
     }
     // SAFETY: reads inside the tracepoint record; the helper validates the address.
-    unsafe { ctx.read_at::<i64>(at as usize) }.unwrap_or(i64::MIN)
+    unsafe { ctx.read_at::<u64>((at + 8 * i) as usize) }.ok()
 }

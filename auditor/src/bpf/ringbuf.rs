@@ -187,6 +187,17 @@ impl Position {
         unsafe { &*self.shared }.store(self.pos, Ordering::Release);
         self.needs_wakeup = true;
     }
+
+    /// The fence owed after publishing a position (see `needs_wakeup`); true if there was
+    /// one to make, i.e. the ring is worth looking at again.
+    fn settle(&mut self) -> bool {
+        if !self.needs_wakeup {
+            return false;
+        }
+        fence(Ordering::SeqCst);
+        self.needs_wakeup = false;
+        true
+    }
 }
 
 /// The protocol, on raw pointers so that tests can run it on plain memory.
@@ -237,10 +248,7 @@ impl Cursor {
         loop {
             let p = &mut self.position;
             if p.pos == self.producer_cache {
-                if p.needs_wakeup {
-                    fence(Ordering::SeqCst);
-                    p.needs_wakeup = false;
-                }
+                p.settle();
                 // SAFETY: `producer` is the mapped producer position. Acquire pairs with
                 // the kernel's release store, after the record headers it covers.
                 self.producer_cache = unsafe { &*self.producer }.load(Ordering::Acquire);
@@ -255,12 +263,10 @@ impl Cursor {
             // ordered clearing of the busy bit: the data is complete when we see it clear.
             let header = unsafe { &*self.data.add(at).cast::<AtomicU32>() }.load(Ordering::Acquire);
             if header & BUSY_BIT != 0 {
-                if !p.needs_wakeup {
+                if !p.settle() {
                     return None; // its producer wakes us when it commits
                 }
-                fence(Ordering::SeqCst);
-                p.needs_wakeup = false;
-                continue;
+                continue; // look again, now that the producer sees our position
             }
             // The kernel never writes a longer record than fits; the clamp keeps a broken
             // header from reading outside the data (the decoder reports the mismatch).
