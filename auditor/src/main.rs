@@ -119,7 +119,7 @@ fn watch_cmd(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let boot_id = watch::new_boot_id();
     let kernel_losses = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let metrics = Metrics::new(kernel_losses.clone());
-    sinks.push(Box::new(MetricsSink(metrics.clone())));
+    sinks.push(Box::new(MetricsSink::new(metrics.clone())));
     // Bound before anything starts (vault client, programs): a taken port fails the start.
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => Some(auditor::metrics::serve(addr, metrics.clone())?),

@@ -116,14 +116,16 @@ impl Metrics {
         self.vault.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn count(&self, kind: &'static str) {
-        *self
-            .events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(kind)
-            .or_insert(0) += 1;
-        self.events_total.fetch_add(1, Ordering::Relaxed);
+    /// Adds events counted by kind (one lock for all of them).
+    pub fn add(&self, counts: &[(&'static str, u64)]) {
+        let mut map = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = 0;
+        for &(kind, n) in counts {
+            *map.entry(kind).or_insert(0) += n;
+            total += n;
+        }
+        drop(map);
+        self.events_total.fetch_add(total, Ordering::Relaxed);
     }
 
     pub fn events_total(&self) -> u64 {
@@ -292,15 +294,54 @@ pub fn vault_up(st: &crate::sink::vault_client::DeliveryStats) -> bool {
 }
 
 /// Counts events by kind; writes nothing anywhere.
-pub struct MetricsSink(pub Arc<Metrics>);
+/// Counts events by kind for [`Metrics`]. Counts gather here and reach the shared map
+/// (one lock) every [`PUBLISH_EVERY`] events and whenever the sink queue runs empty:
+/// a lock and a map lookup per event were a visible cost at high rates.
+pub struct MetricsSink {
+    metrics: Arc<Metrics>,
+    /// Kinds counted since the last publish (an event stream has a handful).
+    pending: Vec<(&'static str, u64)>,
+    unpublished: u64,
+}
+
+/// Most events counted before they are published.
+const PUBLISH_EVERY: u64 = 256;
+
+impl MetricsSink {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        MetricsSink {
+            metrics,
+            pending: Vec::new(),
+            unpublished: 0,
+        }
+    }
+
+    fn publish(&mut self) {
+        if self.unpublished == 0 {
+            return;
+        }
+        self.metrics.add(&self.pending);
+        self.pending.clear();
+        self.unpublished = 0;
+    }
+}
 
 impl Sink for MetricsSink {
     fn write(&mut self, ev: &Event) -> Result<(), SinkError> {
-        self.0.count(ev.body.kind());
+        let kind = ev.body.kind();
+        match self.pending.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => self.pending.push((kind, 1)),
+        }
+        self.unpublished += 1;
+        if self.unpublished >= PUBLISH_EVERY {
+            self.publish();
+        }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
+        self.publish();
         Ok(())
     }
 }
@@ -394,11 +435,44 @@ mod tests {
     }
 
     #[test]
+    fn the_sink_publishes_every_256_events_and_on_flush() {
+        let m = Metrics::new(Arc::new(AtomicU64::new(0)));
+        let mut sink = MetricsSink::new(m.clone());
+        let ev = |body| crate::event::Event {
+            schema_version: crate::event::SCHEMA_VERSION,
+            seq: 1,
+            time: String::new(),
+            boot_ns: 0,
+            body,
+        };
+        let loss = ev(crate::event::Body::Loss(crate::event::Loss {
+            source: "kernel_ring_buffer",
+            records: 1,
+            bytes: 0,
+            since: String::new(),
+            until: String::new(),
+            total_records: 1,
+            per_cpu: vec![],
+        }));
+        let connect = ev(crate::event::Body::Connect(Box::default()));
+        for i in 0..300 {
+            let e = if i % 3 == 0 { &loss } else { &connect };
+            assert!(sink.write(e).is_ok());
+        }
+        assert_eq!(m.events_total(), 256, "published at 256, not yet the rest");
+        assert!(sink.flush().is_ok());
+        assert_eq!(m.events_total(), 300);
+        let by_kind = m.events_by_kind();
+        assert_eq!(by_kind.get("loss"), Some(&100));
+        assert_eq!(by_kind.get("connect"), Some(&200));
+        assert!(sink.flush().is_ok(), "nothing pending: a no-op");
+        assert_eq!(m.events_total(), 300);
+    }
+
+    #[test]
     fn renders_counts_by_kind() {
         let m = Metrics::new(Arc::new(AtomicU64::new(7)));
-        m.count("exec");
-        m.count("exec");
-        m.count("delete");
+        m.add(&[("exec", 2), ("delete", 1)]);
         let text = m.render();
         assert!(
             text.contains("auditor_events_total{kind=\"exec\"} 2\n"),

@@ -155,8 +155,7 @@ fn status_reports_a_running_a_dead_and_no_agent() {
 
     // A live writer (this process): running, with the figures.
     let m = Metrics::new(Arc::new(AtomicU64::new(3)));
-    m.count("exec");
-    m.count("exec");
+    m.add(&[("exec", 2)]);
     let writer = StatusWriter::start(
         path.clone(),
         m.clone(),
@@ -214,7 +213,7 @@ fn metrics_endpoint_serves_the_text_format() {
     use auditor::metrics::{self, Metrics, MetricsSink};
     use auditor::sink::Sink as _;
     let m = Metrics::new(Arc::new(AtomicU64::new(0)));
-    let mut sink = MetricsSink(m.clone());
+    let mut sink = MetricsSink::new(m.clone());
     let ev = auditor::event::Event {
         schema_version: auditor::event::SCHEMA_VERSION,
         seq: 1,
@@ -231,6 +230,7 @@ fn metrics_endpoint_serves_the_text_format() {
         }),
     };
     sink.write(&ev).unwrap();
+    sink.flush().unwrap();
     let addr = metrics::serve("127.0.0.1:0".parse().unwrap(), m).unwrap();
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

@@ -29,8 +29,11 @@ pub struct Step {
     pub generated: u64,
     /// connect events from the generator found in the vault.
     pub in_vault: u64,
-    /// Records the agent reported lost (`loss` events, any process).
+    /// Kernel ring-buffer records the agent reported lost (`loss` events, any process). A
+    /// connect is two records (entry and exit), so one lost event usually counts twice.
     pub loss_records: u64,
+    /// Generator threads (each paced at `target / generator_threads`).
+    pub generator_threads: usize,
     /// Agent CPU over the generation window, % of one core.
     pub agent_cpu: f64,
     /// The same by thread name (the event loop is `auditor`, the sink `auditor-sink`).
@@ -64,6 +67,10 @@ pub struct RateResults {
     pub steps: Vec<Step>,
     /// Long holds at the best step's rate, then lower ones while they lose.
     pub holds: Vec<Step>,
+    /// The rate held without loss (or the best step's), again with the generator spread
+    /// over [`RateOptions::spread_threads`] threads: the load then competes with the agent
+    /// for every core instead of leaving it one.
+    pub spread: Option<Step>,
     /// `perf report` lines for the agent at [`RateResults::profile_target`].
     pub profile: Vec<String>,
 }
@@ -249,12 +256,14 @@ fn step(
         generated,
         in_vault,
         loss_records,
+        generator_threads: threads,
         agent_cpu: 100.0 * cpu / seconds,
         threads: by_thread,
     };
     println!(
-        "  target {:>7.0}/s: generated {} in {:.1}s = {:.0}/s, in vault {}, missing {}, loss records {}, agent CPU {:.0}% ({})",
+        "  target {:>7.0}/s on {} generator thread(s): generated {} in {:.1}s = {:.0}/s, in vault {}, missing {}, ring records lost {}, agent CPU {:.0}% ({})",
         rate,
+        threads,
         s.generated,
         s.seconds,
         s.achieved(),
@@ -278,6 +287,8 @@ pub struct RateOptions {
     pub profile: bool,
     /// Bisection steps between the last lossless and the first lossy rate.
     pub refine: u32,
+    /// Generator threads for one more step at the sustained rate (0: none).
+    pub spread_threads: usize,
 }
 
 pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
@@ -343,6 +354,7 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         threads: o.threads,
         steps,
         holds: Vec::new(),
+        spread: None,
         profile: Vec::new(),
     };
     // Hold the best rate for hold_seconds; a short step can hide a slow fill of the ring,
@@ -361,6 +373,31 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
             }
             r *= 0.8;
         }
+    }
+    let sustained = res
+        .holds
+        .iter()
+        .rev()
+        .find(|h| h.lossless())
+        .or(res.best())
+        .map(|s| s.target);
+    if o.spread_threads > 0
+        && o.spread_threads != o.threads
+        && let Some(r) = sustained
+    {
+        println!(
+            "the same {r:.0}/s from {} generator threads (the load on every core)",
+            o.spread_threads
+        );
+        res.spread = Some(step(
+            agent,
+            &tmp.0,
+            &o.ring,
+            r,
+            o.step_seconds,
+            o.spread_threads,
+            None,
+        )?);
     }
     if o.profile && Path::new("/usr/bin/perf").exists() {
         let r = res.profile_target().map_or(o.start, |(r, _)| r);
@@ -424,7 +461,7 @@ pub fn ab(
     let shown = |s: &Side| format!("{} {}", s.bin.display(), s.args.join(" "));
     println!("\nA = {}\nB = {}", shown(&a), shown(&b));
     println!(
-        "| rate/s | binary | reached/s (median) | agent CPU µs/event (median) | agent CPU % (median) | missing | loss records |"
+        "| rate/s | binary | reached/s (median) | agent CPU µs/event (median) | agent CPU % (median) | missing | ring records lost |"
     );
     println!("|---|---|---|---|---|---|---|");
     for (rate, per) in &rows {
