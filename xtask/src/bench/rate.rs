@@ -289,6 +289,9 @@ pub struct RateOptions {
     pub refine: u32,
     /// Generator threads for one more step at the sustained rate (0: none).
     pub spread_threads: usize,
+    /// The rate the question is about (issue #6: 300,000/s): tried when the ladder steps
+    /// over it, and held when a hold above it loses.
+    pub goal: Option<f64>,
 }
 
 pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
@@ -336,8 +339,12 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         if lo <= 0.0 || !hi.is_finite() {
             break;
         }
-        let mid = (lo * hi).sqrt();
-        println!("  refining between {lo:.0}/s and {hi:.0}/s");
+        // The goal rate first when it lies in the gap: the question is whether it holds.
+        let mid = match o.goal {
+            Some(g) if lo < g && g < hi => g,
+            _ => (lo * hi).sqrt(),
+        };
+        println!("  refining between {lo:.0}/s and {hi:.0}/s: {mid:.0}/s");
         steps.push(step(
             agent,
             &tmp.0,
@@ -358,7 +365,8 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         profile: Vec::new(),
     };
     // Hold the best rate for hold_seconds; a short step can hide a slow fill of the ring,
-    // so on loss step down by 0.8 and hold again (at most three holds).
+    // so on loss hold again lower (at most three holds): at the goal rate when that is
+    // below, else ×0.8.
     if o.hold_seconds > 0.0
         && let Some(best) = res.best()
     {
@@ -371,7 +379,10 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
             if ok {
                 break;
             }
-            r *= 0.8;
+            r = match o.goal {
+                Some(g) if g < r && r * 0.8 < g => g,
+                _ => r * 0.8,
+            };
         }
     }
     let sustained = res
