@@ -83,6 +83,8 @@ pub struct Auditd {
     proc: Option<Proc>,
     pub log: PathBuf,
     lost_before: u64,
+    /// Rules loaded (each carries a `-k ab_*` key).
+    rules: usize,
     restore: (u64, u64, u64), // enabled, backlog_limit, backlog_wait_time
     armed: bool,
 }
@@ -136,6 +138,7 @@ impl Auditd {
             proc: None,
             log,
             lost_before: 0,
+            rules: 0,
             restore,
             armed: true,
         };
@@ -186,14 +189,32 @@ impl Auditd {
             args.extend_from_slice(r);
             auditctl(&args).context("loading an audit rule")?;
         }
+        me.rules = rules.len();
+        me.check_rules("after loading them")?;
         auditctl(&["-e", "1"])?;
         me.lost_before = status_u64(&audit_status()?, "lost")?;
         Ok(me)
     }
 
+    /// Fails unless the kernel still holds every rule loaded: a storm measured with a rule
+    /// missing would make auditd look cheaper than it is and its capture count short.
+    fn check_rules(&self, when: &str) -> Result<()> {
+        let listed = output(Command::new("auditctl").arg("-l"))?;
+        let ours = listed.lines().filter(|l| l.contains("key=ab_")).count();
+        if ours != self.rules {
+            bail!(
+                "kernel audit holds {ours} of the {} bench rules {when} (auditctl -l: {})",
+                self.rules,
+                listed.trim()
+            );
+        }
+        Ok(())
+    }
+
     /// Removes the rules, reads how many records the kernel lost meanwhile, stops auditd
     /// (which flushes its log). Returns the lost count.
     pub fn finish(&mut self) -> Result<u64> {
+        self.check_rules("after the storms")?;
         let lost = status_u64(&audit_status()?, "lost")?.saturating_sub(self.lost_before);
         self.cleanup()?;
         Ok(lost)

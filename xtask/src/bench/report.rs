@@ -87,8 +87,9 @@ pub fn markdown(a: &All) -> String {
          runs, and another engineer's auditor may be tracing the whole machine meanwhile), so \
          absolute times mean little: each figure is a ratio against the untraced runs that \
          bracket it (the mean of the untraced run opening its round and the one opening the \
-         next), rounds interleaved (none, auditor, auditd, bpftrace, none, …, none), and the \
-         median over rounds is reported. Differences of a few percent are within the noise: \
+         next), rounds interleaved (none, auditor, auditd, bpftrace, none, …, none), every \
+         measurement (untraced ones too) starting after a `sync` and a 2 s pause so that the \
+         previous tool's teardown does not land in it, and the median over rounds is reported. Differences of a few percent are within the noise: \
          see the spread of the untraced runs below. Only loopback addresses are used.\n\n## Machine\n\n{}",
         a.command,
         a.started,

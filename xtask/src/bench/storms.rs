@@ -241,6 +241,20 @@ struct Env {
     counts: StormCounts,
 }
 
+/// What the machine is still doing after the previous tool stopped (a tracer's programs
+/// freed after an RCU grace period, its output files deleted and written back, an agent's
+/// start-up) must not land in the next measurement: in one 5-round run every untraced run
+/// came right after bpftrace stopped and was the slowest of its round. So every
+/// measurement, untraced included, starts after a `sync` and the same pause.
+const SETTLE: Duration = Duration::from_secs(2);
+
+fn settled_storms(env: &Env, marker: &str) -> Result<[Cell; 3]> {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    std::thread::sleep(SETTLE);
+    run_storms(env, marker)
+}
+
 fn run_storms(env: &Env, marker: &str) -> Result<[Cell; 3]> {
     let e = exec_storm(env.counts.execs, marker)?;
     let f = file_storm(&env.watched, env.counts.files)?;
@@ -327,7 +341,7 @@ fn one(env: &Env, tool: Tool, round: u32) -> Result<([Cell; 3], u64)> {
     let dir = env.root.join(format!("{}-{round}", tool.name()));
     std::fs::create_dir_all(&dir)?;
     let res = match tool {
-        Tool::None => (run_storms(env, &marker)?, 0),
+        Tool::None => (settled_storms(env, &marker)?, 0),
         Tool::Auditor => {
             let vault = dir.join("vault");
             let mut agent = start_agent(
@@ -339,7 +353,7 @@ fn one(env: &Env, tool: Tool, round: u32) -> Result<([Cell; 3], u64)> {
                     vault.to_str().context("UTF-8 path")?,
                 ],
             )?;
-            let mut cells = run_storms(env, &marker)?;
+            let mut cells = settled_storms(env, &marker)?;
             agent.stop(Duration::from_secs(120))?;
             let (n, lost) = count_vault(env, &vault, &marker)?;
             for (c, n) in cells.iter_mut().zip(n) {
@@ -349,7 +363,7 @@ fn one(env: &Env, tool: Tool, round: u32) -> Result<([Cell; 3], u64)> {
         }
         Tool::Auditd => {
             let mut a = Auditd::start(&dir, &env.watched)?;
-            let mut cells = run_storms(env, &marker)?;
+            let mut cells = settled_storms(env, &marker)?;
             let lost = a.finish()?;
             let n = count_audit_log(&a.log, &marker)?;
             for (c, n) in cells.iter_mut().zip(n) {
@@ -359,7 +373,7 @@ fn one(env: &Env, tool: Tool, round: u32) -> Result<([Cell; 3], u64)> {
         }
         Tool::Bpftrace => {
             let b = Bpftrace::start(&dir, &env.watched)?;
-            let mut cells = run_storms(env, &marker)?;
+            let mut cells = settled_storms(env, &marker)?;
             let (text, lost) = b.finish()?;
             let n = count_bpftrace(&text);
             for (c, n) in cells.iter_mut().zip(n) {
@@ -422,7 +436,7 @@ pub fn run(bin: &Path, counts: StormCounts, rounds: u32) -> Result<StormResults>
         }
         out.push(Round { cells, lost });
     }
-    let closing = run_storms(&env, "bench-closing")?;
+    let closing = settled_storms(&env, "bench-closing")?;
     println!(
         "closing   none      exec {:.2}s, files {:.2}s, connect {:.2}s",
         closing[0].seconds, closing[1].seconds, closing[2].seconds
