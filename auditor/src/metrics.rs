@@ -445,15 +445,7 @@ mod tests {
             boot_ns: 0,
             body,
         };
-        let loss = ev(crate::event::Body::Loss(crate::event::Loss {
-            source: "kernel_ring_buffer",
-            records: 1,
-            bytes: 0,
-            since: String::new(),
-            until: String::new(),
-            total_records: 1,
-            per_cpu: vec![],
-        }));
+        let loss = ev(crate::event::Body::Delete(Box::default()));
         let connect = ev(crate::event::Body::Connect(Box::default()));
         for i in 0..300 {
             let e = if i % 3 == 0 { &loss } else { &connect };
@@ -463,7 +455,7 @@ mod tests {
         assert!(sink.flush().is_ok());
         assert_eq!(m.events_total(), 300);
         let by_kind = m.events_by_kind();
-        assert_eq!(by_kind.get("loss"), Some(&100));
+        assert_eq!(by_kind.get("delete"), Some(&100));
         assert_eq!(by_kind.get("connect"), Some(&200));
         assert!(sink.flush().is_ok(), "nothing pending: a no-op");
         assert_eq!(m.events_total(), 300);

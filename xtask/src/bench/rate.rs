@@ -92,6 +92,14 @@ impl RateResults {
         }
     }
 
+    /// The lossless hold that reached the highest rate.
+    pub fn sustained_hold(&self) -> Option<&Step> {
+        self.holds
+            .iter()
+            .filter(|h| h.lossless())
+            .max_by(|a, b| a.achieved().total_cmp(&b.achieved()))
+    }
+
     /// The lowest rate that lost events.
     pub fn first_lossy(&self) -> Option<&Step> {
         self.steps
@@ -403,13 +411,7 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
             };
         }
     }
-    let sustained = res
-        .holds
-        .iter()
-        .rev()
-        .find(|h| h.lossless())
-        .or(res.best())
-        .map(|s| s.target);
+    let sustained = res.sustained_hold().or(res.best()).map(|s| s.target);
     if o.spread_threads > 0
         && o.spread_threads != o.threads
         && let Some(r) = sustained

@@ -89,7 +89,8 @@ pub fn markdown(a: &All) -> String {
          bracket it (the mean of the untraced run opening its round and the one opening the \
          next), rounds interleaved (none, auditor, auditd, bpftrace, none, …, none), every \
          measurement (untraced ones too) starting after a `sync` and a 2 s pause so that the \
-         previous tool's teardown does not land in it, and the median over rounds is reported. Differences of a few percent are within the noise: \
+         previous tool's teardown does not land in it, and the median over rounds is \
+         reported. Differences of a few percent are within the noise: \
          see the spread of the untraced runs below. Only loopback addresses are used.\n\n## Machine\n\n{}",
         a.command,
         a.started,
@@ -304,11 +305,7 @@ pub fn markdown(a: &All) -> String {
         // The best lossless 60 s hold. A paced generator ends a few events short of
         // `target × seconds` at its deadline, so a hold counts as reaching its target when
         // it made at least 99.9 % of it; the table shows the rate actually reached.
-        let sustained = r
-            .holds
-            .iter()
-            .filter(|h| h.lossless() && h.seconds >= 59.0)
-            .max_by(|a, b| a.achieved().total_cmp(&b.achieved()));
+        let sustained = r.sustained_hold().filter(|h| h.seconds >= 59.0);
         let reached = |h: &Step| h.achieved() >= 0.999 * h.target;
         let spread_note = r.spread.as_ref().map_or(String::new(), |sp| {
             format!(
