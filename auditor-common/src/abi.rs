@@ -176,8 +176,11 @@ pub mod limits {
     pub const PREFIX_LEN_MAX: usize = 256;
     /// Watched directories identified by (device, inode) for relative names.
     pub const WATCH_INODES_MAX: u32 = 4096;
-    /// Threads with an emitted entry waiting for their syscall exit.
+    /// Pending io_uring requests with an emitted entry.
     pub const INFLIGHT_MAX: u32 = 16_384;
+    /// Slots of the direct-mapped table of threads with an emitted entry waiting for
+    /// their syscall exit (a power of two: the slot is `tid` masked).
+    pub const INFLIGHT_SLOTS: u32 = 1 << 16;
     /// The kernel's TASK_COMM_LEN.
     pub const COMM_LEN: usize = 16;
     /// `tty_struct::name` length.

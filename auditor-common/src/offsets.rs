@@ -95,6 +95,13 @@ kernel_offsets! {
     /// Return value in a syscall-exit tracepoint record.
     tp_exit_ret => "syscall_trace_exit"."ret",
     task_pid => "task_struct"."pid",
+    task_comm => "task_struct"."comm",
+    /// The cgroup v2 id, as `bpf_get_current_cgroup_id` computes it (needs CONFIG_CGROUPS):
+    /// `task->cgroups->dfl_cgrp->kn->id`.
+    task_cgroups => "task_struct"."cgroups",
+    css_set_dfl_cgrp => "css_set"."dfl_cgrp",
+    cgroup_kn => "cgroup"."kn",
+    kernfs_node_id => "kernfs_node"."id",
     siginfo_code => "kernel_siginfo"."si_code",
     // io_uring (optional: absent on kernels without CONFIG_IO_URING). Submission and
     // completion tracepoint records, then the per-opcode command structs the request's
@@ -133,6 +140,10 @@ kernel_offsets! {
 pub const OPTIONAL: &[&str] = &[
     "task_loginuid",
     "task_sessionid",
+    "task_cgroups",
+    "css_set_dfl_cgrp",
+    "cgroup_kn",
+    "kernfs_node_id",
     "tp_iou_submit_ctx",
     "tp_iou_submit_req",
     "tp_iou_submit_opcode",

@@ -12,10 +12,7 @@ use auditor_common::{
     syscall,
 };
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id,
-        generated::{bpf_loop, bpf_probe_read_user, bpf_probe_read_user_str},
-    },
+    helpers::generated::{bpf_loop, bpf_probe_read_user, bpf_probe_read_user_str},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -62,7 +59,7 @@ fn exec_enter(ctx: &TracePointContext, which: u32) {
         return;
     };
     let ev = rec.fixed();
-    let task = kernel::current_task();
+    let task = kernel::Task::current();
     let ready = kernel::offsets_ready();
     // SAFETY: `ev` points at this CPU's scratch buffer, sized and aligned for ExecEvent.
     unsafe {
@@ -73,8 +70,8 @@ fn exec_enter(ctx: &TracePointContext, which: u32) {
         (*ev).cwd_len = 0;
         (*ev).argv_len = 0;
         (*ev)._pad = 0;
-        (*ev).cgroup_id = bpf_get_current_cgroup_id();
-        kernel::comm_into(&raw mut (*ev).comm);
+        (*ev).cgroup_id = task.cgroup_id();
+        task.comm_into(&raw mut (*ev).comm);
         (*ev).tty = [0; auditor_common::limits::TTY_LEN];
     }
     if !ready {
@@ -102,11 +99,11 @@ fn exec_enter(ctx: &TracePointContext, which: u32) {
     let mut fl = 0u32;
     // SAFETY: as above.
     unsafe {
-        (*ev).ppid = kernel::ppid(task);
-        (*ev).creds = kernel::creds(task);
+        (*ev).ppid = task.ppid();
+        (*ev).creds = task.creds();
         (*ev).dirfd = dirfd;
         (*ev).at_flags = at_flags;
-        kernel::tty_name(task, &mut (*ev).tty);
+        kernel::tty_name(task.addr(), &mut (*ev).tty);
     }
 
     // Filename, without its NUL.
@@ -131,9 +128,10 @@ fn exec_enter(ctx: &TracePointContext, which: u32) {
     // The directory a relative filename resolves against: the dirfd's, or the cwd.
     let base = if dirfd != AT_FDCWD && (!absolute || at_flags & AT_EMPTY_PATH != 0) {
         fl |= flags::DIRFD_RESOLVED;
-        kernel::fd_file(task, dirfd).and_then(|file| kernel::path_parts(file + off!(file_path)))
+        task.fd_file(dirfd)
+            .and_then(|file| kernel::path_parts(file + off!(file_path)))
     } else {
-        kernel::cwd(task)
+        kernel::cwd(task.addr())
     };
     let mut cwd_len = 0u32;
     match base {
@@ -265,7 +263,7 @@ fn exec_exit(ctx: &TracePointContext) {
         return;
     };
     let ev = rec.fixed();
-    let task = kernel::current_task();
+    let task = kernel::Task::current();
     let ready = kernel::offsets_ready();
     let ret = if ready {
         kernel::syscall_ret(ctx)
@@ -277,9 +275,9 @@ fn exec_exit(ctx: &TracePointContext) {
     unsafe {
         (*ev).ret = ret;
         (*ev).exe_len = 0;
-        kernel::comm_into(&raw mut (*ev).comm);
+        task.comm_into(&raw mut (*ev).comm);
         (*ev).creds = if ready {
-            kernel::creds(task)
+            task.creds()
         } else {
             Creds::default()
         };
@@ -287,7 +285,7 @@ fn exec_exit(ctx: &TracePointContext) {
     if !ready {
         fl |= flags::NO_OFFSETS;
     } else if ret == 0 {
-        match kernel::exe(task) {
+        match kernel::exe(task.addr()) {
             Ok((mnt, dentry)) => {
                 let (walk, len) = path::append(&mut rec, mnt, dentry);
                 // SAFETY: as above.

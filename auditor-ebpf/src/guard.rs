@@ -9,7 +9,7 @@
 
 use auditor_common::{SignalEvent, SyscallEvent, file_op, flags, kind, sys_op};
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -36,18 +36,18 @@ fn emit(nr: u32, args: [u64; 4]) {
     let Some(mut rec) = Record::<SyscallEvent>::start(kind::SYSCALL) else {
         return;
     };
-    let task = kernel::current_task();
+    let task = kernel::Task::current();
     let ev = rec.fixed();
     // SAFETY: `ev` points at this CPU's scratch buffer, sized and aligned for the struct.
     unsafe {
-        (*ev).ppid = kernel::ppid(task);
+        (*ev).ppid = task.ppid();
         (*ev).flags = 0;
-        (*ev).creds = kernel::creds(task);
-        (*ev).cgroup_id = bpf_get_current_cgroup_id();
+        (*ev).creds = task.creds();
+        (*ev).cgroup_id = task.cgroup_id();
         (*ev).nr = nr;
         (*ev)._pad = 0;
         (*ev).args = args;
-        kernel::comm_into(&raw mut (*ev).comm);
+        task.comm_into(&raw mut (*ev).comm);
     }
     inflight_set(file_op::SYSCALL_BASE + nr);
     rec.submit();
@@ -170,21 +170,21 @@ fn signal(ctx: &RawTracePointContext) {
     let Some(mut rec) = Record::<SignalEvent>::start(kind::SIGNAL) else {
         return;
     };
-    let me = kernel::current_task();
+    let me = kernel::Task::current();
     let ev = rec.fixed();
     // SAFETY: `ev` points at this CPU's scratch buffer, sized and aligned for the struct.
     unsafe {
-        (*ev).ppid = kernel::ppid(me);
+        (*ev).ppid = me.ppid();
         (*ev).flags = if group != 0 { flags::SIGNAL_GROUP } else { 0 };
-        (*ev).creds = kernel::creds(me);
-        (*ev).cgroup_id = bpf_get_current_cgroup_id();
+        (*ev).creds = me.creds();
+        (*ev).cgroup_id = me.cgroup_id();
         (*ev).sig = sig as i32;
         (*ev).code = code;
         (*ev).target_tid = target_tid;
         (*ev).target_pid = target_pid;
         (*ev).result = result as i32;
         (*ev)._pad = 0;
-        kernel::comm_into(&raw mut (*ev).comm);
+        me.comm_into(&raw mut (*ev).comm);
     }
     rec.submit();
 }

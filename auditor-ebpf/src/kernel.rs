@@ -8,7 +8,7 @@ use auditor_common::{
     Creds, ID_UNKNOWN, Settings,
     offsets::{ABSENT, KernelOffsets, OFFSETS_MAGIC},
 };
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
@@ -53,65 +53,6 @@ pub fn read<T>(base: u64, off: u64) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel((base + off) as *const T).map_err(|e| e as i64) }
 }
 
-/// Writes the current task's `comm` into `dst`, NUL-padded (zeroed if unreadable).
-///
-/// Straight into the record: `bpf_get_current_comm()` returns the name by value, and
-/// moving that `[u8; 16]` through the stack into an 8-aligned field was byte copies plus
-/// three calls of the byte-loop `memset` in every program.
-#[inline(always)]
-pub fn comm_into(dst: *mut [u8; 16]) {
-    // SAFETY: `dst` is 16 writable bytes; the helper pads with NULs, and zeroes the
-    // buffer when it fails.
-    unsafe { aya_ebpf::helpers::generated::bpf_get_current_comm(dst.cast(), 16) };
-}
-
-#[inline(always)]
-pub fn current_task() -> u64 {
-    // SAFETY: helper without preconditions.
-    unsafe { bpf_get_current_task() }
-}
-
-/// Reads a `u32` field that may be absent from this kernel (`ABSENT` offset).
-#[inline(always)]
-fn read_optional_u32(base: u64, off: u64) -> u32 {
-    if off == ABSENT as u64 {
-        return ID_UNKNOWN;
-    }
-    read::<u32>(base, off).unwrap_or(ID_UNKNOWN)
-}
-
-/// The `u32` fields at offsets `offs` of `base`, `ID_UNKNOWN` where unreadable.
-///
-/// Like `dentry_fields`: one `bpf_probe_read_kernel` for all of them when they lie
-/// within 32 bytes (the credential ids do: 6.18 `struct cred` 8..32), else one each. The
-/// offsets are verifier-known constants, so only one of the branches ever runs.
-#[inline(always)]
-fn read_u32s<const N: usize>(base: u64, offs: [u64; N]) -> [u32; N] {
-    let mut out = [ID_UNKNOWN; N];
-    let mut lo = u64::MAX;
-    let mut hi = 0;
-    let mut aligned = true;
-    for &o in &offs {
-        lo = lo.min(o);
-        hi = hi.max(o + 4);
-        aligned &= o & 3 == 0;
-    }
-    let lo = lo & !7;
-    if aligned && hi - lo <= 32 {
-        if let Ok(block) = read::<[u64; 4]>(base, lo) {
-            for i in 0..N {
-                let rel = offs[i] - lo;
-                out[i] = (block[((rel >> 3) & 3) as usize] >> ((rel & 4) * 8)) as u32;
-            }
-        }
-        return out;
-    }
-    for i in 0..N {
-        out[i] = read(base, offs[i]).unwrap_or(ID_UNKNOWN);
-    }
-    out
-}
-
 /// Two pointer-sized fields of `base` at `a` and `b`: one read when adjacent.
 #[inline(always)]
 fn read_u64_pair(base: u64, a: u64, b: u64) -> Result<(u64, u64), i64> {
@@ -122,41 +63,121 @@ fn read_u64_pair(base: u64, a: u64, b: u64) -> Result<(u64, u64), i64> {
     Ok((read(base, a)?, read(base, b)?))
 }
 
-/// Credentials and audit identity of `task`. Unreadable values are `ID_UNKNOWN`.
-#[inline(always)]
-pub fn creds(task: u64) -> Creds {
-    let cred: u64 = read(task, off!(task_cred)).unwrap_or(0);
-    let [uid, gid, euid, egid] = read_u32s(
-        cred,
-        [
-            off!(cred_uid),
-            off!(cred_gid),
-            off!(cred_euid),
-            off!(cred_egid),
-        ],
-    );
-    let (lo, so) = (off!(task_loginuid), off!(task_sessionid));
-    let (auid, sessionid) = if lo != ABSENT as u64 && so != ABSENT as u64 {
-        let [a, s] = read_u32s(task, [lo, so]);
-        (a, s)
-    } else {
-        (read_optional_u32(task, lo), read_optional_u32(task, so))
-    };
-    Creds {
-        uid,
-        gid,
-        euid,
-        egid,
-        auid,
-        sessionid,
+/// The current task as the verifier's typed `task_struct` pointer.
+///
+/// Loads through it, and through the struct pointers read from it (`real_parent`,
+/// `cred`, `files`, `fdt`), are plain instructions: the verifier checks each against
+/// the kernel's BTF (the offsets come from the same BTF, see `auditor-common`'s
+/// offsets) and the JIT guards them with an exception table, so a bad pointer reads as
+/// zero instead of faulting. A `bpf_probe_read_kernel` per field is a helper call
+/// (~20 ns here), and every emitted record paid six of them for its parent and
+/// credentials. Pointers to anything but structs (the fd array, names) are scalars to
+/// the verifier and are still read with the helpers.
+#[derive(Clone, Copy)]
+pub struct Task(*const u8);
+
+impl Task {
+    #[inline(always)]
+    pub fn current() -> Self {
+        // SAFETY: helper without preconditions; never NULL in a program's context.
+        Self(unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() }.cast())
+    }
+
+    /// The task's address, for the helpers that take it as a number.
+    #[inline(always)]
+    pub fn addr(self) -> u64 {
+        self.0 as u64
+    }
+
+    /// The parent's thread-group id.
+    #[inline(always)]
+    pub fn ppid(self) -> u32 {
+        let parent: *const u8 = load(self.0, off!(task_real_parent));
+        load(parent, off!(task_tgid))
+    }
+
+    /// Credentials and audit identity. Fields this kernel lacks are `ID_UNKNOWN`.
+    #[inline(always)]
+    pub fn creds(self) -> Creds {
+        let cred: *const u8 = load(self.0, off!(task_cred));
+        let optional = |off: u64| {
+            if off == ABSENT as u64 {
+                ID_UNKNOWN
+            } else {
+                load(self.0, off)
+            }
+        };
+        Creds {
+            uid: load(cred, off!(cred_uid)),
+            gid: load(cred, off!(cred_gid)),
+            euid: load(cred, off!(cred_euid)),
+            egid: load(cred, off!(cred_egid)),
+            auid: optional(off!(task_loginuid)),
+            sessionid: optional(off!(task_sessionid)),
+        }
+    }
+
+    /// `struct file *` of descriptor `fd` in the task's fd table, or an error. The table
+    /// is reached by plain loads; the array slot (a pointer to pointers, untyped to the
+    /// verifier) with one helper read.
+    #[inline(always)]
+    pub fn fd_file(self, fd: i32) -> Result<u64, i64> {
+        if fd < 0 {
+            return Err(-9); // EBADF
+        }
+        let files: *const u8 = load(self.0, off!(task_files));
+        let fdt: *const u8 = load(files, off!(files_fdt));
+        let max: u32 = load(fdt, off!(fdtable_max_fds));
+        let array: u64 = load(fdt, off!(fdtable_fd));
+        if fd as u32 >= max {
+            return Err(-9);
+        }
+        let file: u64 = read(array, (fd as u64) * 8)?;
+        if file == 0 {
+            return Err(-9);
+        }
+        Ok(file)
+    }
+
+    /// The task's cgroup v2 id (what `bpf_get_current_cgroup_id` returns), by four loads
+    /// instead of the helper call; the helper where this kernel lacks a field.
+    #[inline(always)]
+    pub fn cgroup_id(self) -> u64 {
+        let offs = [
+            off!(task_cgroups),
+            off!(css_set_dfl_cgrp),
+            off!(cgroup_kn),
+            off!(kernfs_node_id),
+        ];
+        if offs.contains(&(ABSENT as u64)) {
+            // SAFETY: helper without preconditions.
+            return unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
+        }
+        let css: *const u8 = load(self.0, offs[0]);
+        let cgroup: *const u8 = load(css, offs[1]);
+        let kn: *const u8 = load(cgroup, offs[2]);
+        load(kn, offs[3])
+    }
+
+    /// Writes the task's `comm` (16 bytes, NUL-padded by the kernel) into `dst`.
+    #[inline(always)]
+    pub fn comm_into(self, dst: *mut [u8; 16]) {
+        let at = off!(task_comm);
+        let (a, b): (u64, u64) = (load(self.0, at), load(self.0, at + 8));
+        // SAFETY: `dst` is 16 writable bytes, 8-aligned in every record struct.
+        unsafe {
+            dst.cast::<u64>().write_unaligned(a);
+            dst.cast::<u64>().add(1).write_unaligned(b);
+        }
     }
 }
 
-/// The parent's thread-group id.
+/// A `T` at `base + off`, `base` being a typed kernel pointer (see [`Task`]).
 #[inline(always)]
-pub fn ppid(task: u64) -> u32 {
-    let parent: u64 = read(task, off!(task_real_parent)).unwrap_or(0);
-    read(parent, off!(task_tgid)).unwrap_or(0)
+fn load<T: Copy>(base: *const u8, off: u64) -> T {
+    // SAFETY: the verifier checks the access against the pointee's BTF type, and the
+    // JIT turns a fault into a zero result.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize).cast::<T>()) }
 }
 
 /// The fields of a dentry a path walk needs.
@@ -227,28 +248,6 @@ pub fn exe(task: u64) -> Result<(u64, u64), i64> {
         return Err(-2);
     }
     path_parts(file + off!(file_path))
-}
-
-/// `struct file *` of descriptor `fd` in the task's fd table, or an error.
-#[inline(always)]
-pub fn fd_file(task: u64, fd: i32) -> Result<u64, i64> {
-    if fd < 0 {
-        return Err(-9); // EBADF
-    }
-    let files: u64 = read(task, off!(task_files))?;
-    let fdt: u64 = read(files, off!(files_fdt))?;
-    // `max_fds` (an unsigned int) and the `fd` array pointer: one read when `fd` is the
-    // next word (6.18: 0 and 8).
-    let (max, array) = read_u64_pair(fdt, off!(fdtable_max_fds), off!(fdtable_fd))?;
-    // Little-endian: the u32 is the low half of its word.
-    if fd as u32 >= max as u32 {
-        return Err(-9);
-    }
-    let file: u64 = read(array, (fd as u64) * 8)?;
-    if file == 0 {
-        return Err(-9);
-    }
-    Ok(file)
 }
 
 /// Copies the controlling terminal's name into `out` (NUL-padded); empty if none.

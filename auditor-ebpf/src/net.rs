@@ -9,9 +9,7 @@
 
 use auditor_common::{ConnectEvent, file_op, flags, kind};
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, generated::bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::generated::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext,
 };
 
 use crate::{emit::Record, file::Ring, kernel, kernel::syscall_arg as arg};
@@ -48,7 +46,7 @@ pub(crate) fn connect_entry(fd: i32, sa: u64, addrlen: u32, ring: Ring) {
     let Some(mut rec) = Record::<ConnectEvent>::start(kind::CONNECT) else {
         return;
     };
-    let task = kernel::current_task();
+    let task = kernel::Task::current();
     let ev = rec.fixed();
     let mut fl = if ring.req != 0 { flags::IO_URING } else { 0 };
     let mut family: u16 = 0;
@@ -116,10 +114,10 @@ pub(crate) fn connect_entry(fd: i32, sa: u64, addrlen: u32, ring: Ring) {
     rec.tail_len += path_len;
     // SAFETY: `ev` points at this CPU's scratch buffer, sized and aligned for the struct.
     unsafe {
-        (*ev).ppid = kernel::ppid(task);
+        (*ev).ppid = task.ppid();
         (*ev).flags = fl;
-        (*ev).creds = kernel::creds(task);
-        (*ev).cgroup_id = bpf_get_current_cgroup_id();
+        (*ev).creds = task.creds();
+        (*ev).cgroup_id = task.cgroup_id();
         (*ev).fd = fd;
         (*ev).family = family;
         (*ev).port = port;
@@ -127,7 +125,7 @@ pub(crate) fn connect_entry(fd: i32, sa: u64, addrlen: u32, ring: Ring) {
         (*ev).path_len = path_len as u32;
         // `addr` is at offset 88 of the 8-aligned struct (asserted in auditor-common).
         (&raw mut (*ev).addr).cast::<[u64; 2]>().write(addr);
-        kernel::comm_into(&raw mut (*ev).comm);
+        task.comm_into(&raw mut (*ev).comm);
         (*ev).ring = ring.ring;
         (*ev).req = ring.req;
     }

@@ -161,7 +161,10 @@ extern "C" fn walk_step<T>(i: u64, ctx: *mut c_void) -> i64 {
     let Ok(d) = kernel::dentry_fields(c.dentry) else {
         return stop(c, STATE_FAULT);
     };
-    if c.check != 0 {
+    // Once a watched tree is among the ancestors, the rest of the walk only builds the
+    // path: its directories' lookups (an inode read and a hash lookup each) cannot
+    // change the verdict.
+    if c.check != 0 && c.in_tree == 0 {
         // Branch-free accumulation through `launder`: the verifier sees no decision on
         // these values, so its iterations of this callback still converge.
         let mode = crate::emit::launder(u64::from(filter::inode_mode(d.inode, c.dev)));

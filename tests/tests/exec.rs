@@ -435,3 +435,33 @@ fn records_that_wrap_around_the_ring_end_arrive_whole() {
         seen.len()
     );
 }
+
+/// The cgroup v2 mount point, from /proc/self/mounts.
+fn cgroup2_mount() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+    })
+}
+
+/// The exec record's cgroup id is the kernel's id of the cgroup v2 the process runs in:
+/// the inode number of that cgroup's directory. The process is moved into a fresh cgroup
+/// so the id is one no other process shares.
+#[test]
+fn exec_cgroup_id_is_the_cgroup_v2_inode() {
+    use std::os::unix::fs::MetadataExt;
+    let mount = cgroup2_mount().expect("cgroup2 is mounted on the test machines");
+    let m = marker("cgroup");
+    let cg = std::path::Path::new(&mount).join(&m);
+    std::fs::create_dir(&cg).unwrap();
+    let ino = std::fs::metadata(&cg).unwrap().ino();
+    let a = Auditor::start(&[]);
+    let procs = cg.join("cgroup.procs");
+    let script = format!("echo $$ > {} && exec /bin/true {m}", procs.display());
+    let (_, st) = run(Command::new("/bin/sh").args(["-c", &script]));
+    assert!(st.success());
+    let e = a.exec_where(&m, |e| e["filename"] == "/bin/true");
+    let _ = std::fs::remove_dir(&cg);
+    assert_eq!(e["cgroup_id"], ino, "{e}");
+}

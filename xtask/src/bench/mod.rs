@@ -189,6 +189,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("benchmarks load eBPF programs and need root");
     }
     common::catch_ctrl_c();
+    // The agent is built with its eBPF programs: on a fresh machine that needs the
+    // toolchain `cargo xtask test` and `run` install too.
+    crate::setup::run()?;
     let default = Which::All(AllArgs {
         rounds: 3,
         quick: false,
