@@ -188,6 +188,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !is_root() {
         bail!("benchmarks load eBPF programs and need root");
     }
+    if matches!(
+        args.which,
+        None | Some(Which::All(_) | Which::Storms { .. })
+    ) && let Some(code) = peers::run_auditable()?
+    {
+        std::process::exit(code);
+    }
     common::catch_ctrl_c();
     // The agent is built with its eBPF programs: on a fresh machine that needs the
     // toolchain `cargo xtask test` and `run` install too.
