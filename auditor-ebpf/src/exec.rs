@@ -21,8 +21,8 @@ use core::ffi::c_void;
 
 use crate::{
     emit::{Record, scratch_base, tail_ptr},
+    kernel,
     kernel::syscall_arg as arg,
-    kernel::{self, off},
     path::{self, Walk},
 };
 
@@ -128,8 +128,7 @@ fn exec_enter(ctx: &TracePointContext, which: u32) {
     // The directory a relative filename resolves against: the dirfd's, or the cwd.
     let base = if dirfd != AT_FDCWD && (!absolute || at_flags & AT_EMPTY_PATH != 0) {
         fl |= flags::DIRFD_RESOLVED;
-        task.fd_file(dirfd)
-            .and_then(|file| kernel::path_parts(file + off!(file_path)))
+        task.fd_path(dirfd)
     } else {
         kernel::cwd(task.addr())
     };

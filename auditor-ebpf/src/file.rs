@@ -27,9 +27,8 @@ use aya_ebpf::{
 
 use crate::{
     emit::Record,
-    filter,
+    filter, kernel,
     kernel::syscall_arg as arg,
-    kernel::{self, off},
     path::{self, Walk},
 };
 
@@ -428,13 +427,11 @@ fn path_arg(
     }
     // Relative name (or fd-based op): walk the base directory / the fd's file.
     let base = if name.ptr == 0 {
-        task.fd_file(fd)
-            .and_then(|f| kernel::path_parts(f + off!(file_path)))
+        task.fd_path(fd)
     } else if name.dirfd == AT_FDCWD {
         kernel::cwd(task.addr())
     } else {
-        task.fd_file(name.dirfd)
-            .and_then(|f| kernel::path_parts(f + off!(file_path)))
+        task.fd_path(name.dirfd)
     };
     let Ok((mnt, dentry)) = base else {
         // Unknown base: let userspace see it rather than miss a watched path.

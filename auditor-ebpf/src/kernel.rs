@@ -70,8 +70,8 @@ fn read_u64_pair(base: u64, a: u64, b: u64) -> Result<(u64, u64), i64> {
 /// the kernel's BTF (the offsets come from the same BTF, see `auditor-common`'s
 /// offsets) and the JIT guards them with an exception table, so a bad pointer reads as
 /// zero instead of faulting. A `bpf_probe_read_kernel` per field is a helper call
-/// (~20 ns here), and every emitted record paid six of them for its parent and
-/// credentials. Pointers to anything but structs (the fd array, names) are scalars to
+/// (~20 ns here), and every emitted record paid eight of them for its parent,
+/// credentials, comm and cgroup. Pointers to anything but structs (the fd array, names) are scalars to
 /// the verifier and are still read with the helpers.
 #[derive(Clone, Copy)]
 pub struct Task(*const u8);
@@ -157,6 +157,13 @@ impl Task {
         let cgroup: *const u8 = load(css, offs[1]);
         let kn: *const u8 = load(cgroup, offs[2]);
         load(kn, offs[3])
+    }
+
+    /// `(vfsmount, dentry)` of the file descriptor `fd` refers to.
+    #[inline(always)]
+    pub fn fd_path(self, fd: i32) -> Result<(u64, u64), i64> {
+        self.fd_file(fd)
+            .and_then(|f| path_parts(f + off!(file_path)))
     }
 
     /// Writes the task's `comm` (16 bytes, NUL-padded by the kernel) into `dst`.
