@@ -29,6 +29,7 @@ mod store;
 mod tls;
 mod token;
 mod verify;
+mod writeback;
 
 use std::path::PathBuf;
 

@@ -20,6 +20,7 @@ use super::record::{
     random_salts,
 };
 use super::segment::{self, MAGIC, SEGMENT_TARGET, Tail};
+use super::writeback::Writeback;
 use super::{VaultError, check_host, hosts_dir, now_ns, record_id, rfc3339_ns};
 
 /// The exclusive writer lock on a vault directory, held for as long as this lives.
@@ -154,6 +155,8 @@ pub(crate) struct HostStore {
     last_boot: Option<(String, u64)>,
     /// The frames of the last append, kept for the next one (see `append`).
     write_buf: Vec<u8>,
+    /// The active segment's streaming writeback (see [`writeback`](super::writeback)).
+    writeback: Writeback,
 }
 
 /// Largest append buffer kept between appends (a batch of ordinary events is far less).
@@ -183,6 +186,7 @@ impl HostStore {
             silent_since: None,
             last_boot: None,
             write_buf: Vec::new(),
+            writeback: Writeback::default(),
         };
         let mut torn: Option<(PathBuf, u64, String)> = None;
         let count = segments.len();
@@ -294,6 +298,7 @@ impl HostStore {
             .map_err(VaultError::io("stat of the active segment"))?
             .len();
         self.active = Some((n, file, len));
+        self.writeback = Writeback::at(len);
         Ok(())
     }
 
@@ -454,9 +459,15 @@ impl HostStore {
             r.encode_into(&mut buf);
         }
         let old_len = *len;
-        let write = (&*file)
-            .write_all(&buf)
-            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        let writeback = &mut self.writeback;
+        let write = (&*file).write_all(&buf).and_then(|()| {
+            if sync {
+                writeback.take_error()?;
+                file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = write {
             // Leave no partial frames behind; if even that fails, stop appending.
             if let Err(e2) = file.set_len(old_len).and_then(|()| file.sync_data()) {
@@ -470,6 +481,7 @@ impl HostStore {
             });
         }
         *len += buf.len() as u64;
+        self.writeback.appended(file, *len);
         let seg_no = *seg_no;
         if buf.capacity() <= WRITE_BUF_KEEP {
             self.write_buf = buf;
@@ -490,28 +502,38 @@ impl HostStore {
     }
 
     fn rotate_if_full(&mut self, incoming: usize) -> Result<(), VaultError> {
-        let Some((n, _, len)) = &self.active else {
+        let Some((n, full, len)) = &self.active else {
             return Ok(());
         };
         if *len <= MAGIC.len() as u64 || *len + incoming as u64 <= SEGMENT_TARGET {
             return Ok(());
         }
+        // The segment left behind is synced now: a later sync covers the new one only.
+        self.writeback.finish(full).map_err(VaultError::io(format!(
+            "syncing the full segment {n} of {}",
+            self.host
+        )))?;
         let next = n + 1;
         let (f, _) = segment::create_segment(&self.dir, next).map_err(VaultError::io(format!(
             "creating segment {next} of {}",
             self.host
         )))?;
         self.active = Some((next, f, MAGIC.len() as u64));
+        self.writeback = Writeback::at(MAGIC.len() as u64);
         Ok(())
     }
 
     /// fsync of the active segment (for callers that appended with `sync = false`).
     pub(crate) fn sync(&mut self) -> Result<(), VaultError> {
         if let Some((_, f, _)) = &self.active {
-            f.sync_data().map_err(VaultError::io(format!(
-                "syncing the chain of {}",
-                self.host
-            )))?;
+            let writeback = &mut self.writeback;
+            writeback
+                .take_error()
+                .and_then(|()| f.sync_data())
+                .map_err(VaultError::io(format!(
+                    "syncing the chain of {}",
+                    self.host
+                )))?;
         }
         Ok(())
     }
