@@ -8,9 +8,13 @@
 //! this project's benchmark VM (free pages reported back to the hypervisor), the kernel
 //! time of `write(2)` into a growing page cache rose from 14 % to ~60 % of a core once
 //! ~2 GB was cached, and the sink thread fell behind. Written window by window, started
-//! with `sync_file_range(WRITE)`, waited for one window later and then
-//! `POSIX_FADV_DONTNEED`, the cache a segment holds stays at about two windows and the
-//! kernel time flat (docs/BENCHMARKS.md).
+//! with `sync_file_range(WRITE)`, waited for once [`IN_FLIGHT`] more bytes followed and
+//! then `POSIX_FADV_DONTNEED`, the cache a segment holds stays under [`IN_FLIGHT`] plus
+//! two windows and the kernel time flat (docs/BENCHMARKS.md).
+//!
+//! The bytes in flight are what absorbs a burst faster than the disk: the writer waits
+//! only for data that far behind its newest window, so a disk that is slower than the
+//! event rate for a moment costs no wait until it is [`IN_FLIGHT`] behind.
 //!
 //! Waiting for a window's writeback consumes its I/O error (the kernel reports a
 //! writeback error once per open file), which the next `fdatasync` would then not see, so
@@ -19,10 +23,11 @@
 
 use std::{fs::File, os::fd::AsRawFd as _};
 
-/// Bytes written before their writeback is started. A window is ~40 ms of appends at
-/// 200 MB/s; the window before it has been on its way to disk that long when it is
-/// waited for.
+/// Bytes written before their writeback is started (~40 ms of appends at 200 MB/s).
 pub(crate) const WINDOW: u64 = 8 << 20;
+
+/// Bytes whose writeback was started and is not waited for yet, behind the newest window.
+pub(crate) const IN_FLIGHT: u64 = 32 << 20;
 
 /// Where the active segment's writeback stands.
 #[derive(Debug, Default)]
@@ -47,7 +52,7 @@ impl Writeback {
     }
 
     /// Called after the file grew to `len`: starts writeback of the newest full window,
-    /// and waits for and drops the one before it.
+    /// and waits for and drops what is more than [`IN_FLIGHT`] behind it.
     pub(crate) fn appended(&mut self, file: &File, len: u64) {
         if len < self.started.saturating_add(WINDOW) {
             return;
@@ -60,8 +65,10 @@ impl Writeback {
             len - self.started,
             libc::SYNC_FILE_RANGE_WRITE,
         ));
-        if self.started >= self.dropped.saturating_add(WINDOW) {
-            let (from, to) = (self.dropped, self.started);
+        self.started = len;
+        let settled = self.started.saturating_sub(IN_FLIGHT);
+        if settled >= self.dropped.saturating_add(WINDOW) {
+            let (from, to) = (self.dropped, settled);
             let waited = sync_range(
                 file,
                 from,
@@ -77,7 +84,6 @@ impl Writeback {
                 self.dropped = to;
             }
         }
-        self.started = len;
     }
 
     /// A segment is complete (the chain moved on to the next one): everything in it is
@@ -198,7 +204,7 @@ mod tests {
             .expect("create");
         let mut wb = Writeback::at(0);
         let chunk = vec![7u8; 1 << 20];
-        let total = 6 * WINDOW;
+        let total = IN_FLIGHT + 6 * WINDOW;
         let mut len = 0u64;
         while len < total {
             f.write_all(&chunk).expect("write");
@@ -207,13 +213,13 @@ mod tests {
         }
         wb.take_error().expect("no writeback error");
         let cached = cached_pages(&f, total as usize) as u64 * 4096;
-        // At most the window being written and the one whose writeback was started.
+        // At most what is in flight, the window being written and the one just started.
         assert!(
-            cached <= 2 * WINDOW + (1 << 20),
+            cached <= IN_FLIGHT + 2 * WINDOW,
             "{cached} bytes of {total} still cached"
         );
         assert!(
-            wb.dropped >= total - 2 * WINDOW,
+            wb.dropped >= total - IN_FLIGHT - 2 * WINDOW,
             "dropped only {}",
             wb.dropped
         );
