@@ -20,6 +20,9 @@
 //! writeback error once per open file), which the next `fdatasync` would then not see, so
 //! the error is kept here and returned by [`Writeback::take_error`], which the store's
 //! sync reports as a failed sync.
+//!
+//! A file system that refuses `sync_file_range` (not a data error) has its appends left
+//! to the page cache.
 
 use std::{fs::File, os::fd::AsRawFd as _};
 
@@ -38,6 +41,9 @@ pub(crate) struct Writeback {
     dropped: u64,
     /// A writeback error not yet reported by a sync.
     error: Option<std::io::Error>,
+    /// The file system refused `sync_file_range` (it is not a data error): appends are
+    /// left to the page cache, as before this module existed.
+    unsupported: bool,
 }
 
 impl Writeback {
@@ -48,23 +54,32 @@ impl Writeback {
             started: len,
             dropped: len,
             error: None,
+            unsupported: false,
         }
     }
 
     /// Called after the file grew to `len`: starts writeback of the newest full window,
     /// and waits for and drops what is more than [`IN_FLIGHT`] behind it.
     pub(crate) fn appended(&mut self, file: &File, len: u64) {
-        if len < self.started.saturating_add(WINDOW) {
+        if self.unsupported || len < self.started.saturating_add(WINDOW) {
             return;
         }
         // Errors of starting writeback (a submission failure) are the same errors the
         // wait below, or the next sync, returns: keep the first one.
-        self.note(sync_range(
+        let started = sync_range(
             file,
             self.started,
             len - self.started,
             libc::SYNC_FILE_RANGE_WRITE,
-        ));
+        );
+        if started.as_ref().is_err_and(refused) {
+            tracing::info!(
+                "the vault's file system does not support sync_file_range: segments are left to the page cache"
+            );
+            self.unsupported = true;
+            return;
+        }
+        self.note(started);
         self.started = len;
         let settled = self.started.saturating_sub(IN_FLIGHT);
         if settled >= self.dropped.saturating_add(WINDOW) {
@@ -80,7 +95,8 @@ impl Writeback {
             let ok = waited.is_ok();
             self.note(waited);
             if ok {
-                self.note(drop_cached(file, from, to - from));
+                // Advice: a refusal leaves the pages cached, and loses nothing.
+                let _ = drop_cached(file, from, to - from);
                 self.dropped = to;
             }
         }
@@ -111,6 +127,15 @@ impl Writeback {
             self.error = Some(e);
         }
     }
+}
+
+/// An error that says the call is not supported here, not that data failed to reach the
+/// disk.
+fn refused(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::ESPIPE)
+    )
 }
 
 fn offset(v: u64) -> std::io::Result<libc::off_t> {
@@ -227,6 +252,28 @@ mod tests {
         let bytes = std::fs::read(&path).expect("read back");
         assert_eq!(bytes.len() as u64, total);
         assert!(bytes.iter().all(|b| *b == 7), "contents changed");
+    }
+
+    #[test]
+    fn a_file_without_writeback_is_left_alone_without_an_error() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills the two-element array; both ends are owned below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        // SAFETY: fresh descriptors from pipe(2), each owned exactly once.
+        let (r, w) = unsafe {
+            use std::os::fd::FromRawFd as _;
+            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+        };
+        let mut wb = Writeback::at(0);
+        wb.appended(&w, 3 * WINDOW);
+        assert!(
+            wb.unsupported,
+            "sync_file_range on a pipe is refused (ESPIPE)"
+        );
+        wb.take_error().expect("a refusal is not a writeback error");
+        wb.appended(&w, 8 * WINDOW);
+        assert_eq!((wb.started, wb.dropped), (0, 0));
+        drop(r);
     }
 
     #[test]
