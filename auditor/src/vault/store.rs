@@ -462,8 +462,7 @@ impl HostStore {
         let writeback = &mut self.writeback;
         let write = (&*file).write_all(&buf).and_then(|()| {
             if sync {
-                writeback.take_error()?;
-                file.sync_data()
+                writeback.sync_data(file)
             } else {
                 Ok(())
             }
@@ -526,14 +525,10 @@ impl HostStore {
     /// fsync of the active segment (for callers that appended with `sync = false`).
     pub(crate) fn sync(&mut self) -> Result<(), VaultError> {
         if let Some((_, f, _)) = &self.active {
-            let writeback = &mut self.writeback;
-            writeback
-                .take_error()
-                .and_then(|()| f.sync_data())
-                .map_err(VaultError::io(format!(
-                    "syncing the chain of {}",
-                    self.host
-                )))?;
+            self.writeback.sync_data(f).map_err(VaultError::io(format!(
+                "syncing the chain of {}",
+                self.host
+            )))?;
         }
         Ok(())
     }

@@ -18,8 +18,8 @@
 //!
 //! Waiting for a window's writeback consumes its I/O error (the kernel reports a
 //! writeback error once per open file), which the next `fdatasync` would then not see, so
-//! the error is kept here and returned by [`Writeback::take_error`], which the store's
-//! sync reports as a failed sync.
+//! the error is kept here and [`Writeback::sync_data`], the store's only way to sync a
+//! segment, fails with it.
 //!
 //! A file system that refuses `sync_file_range` (not a data error) has its appends left
 //! to the page cache.
@@ -92,12 +92,13 @@ impl Writeback {
                     | libc::SYNC_FILE_RANGE_WRITE
                     | libc::SYNC_FILE_RANGE_WAIT_AFTER,
             );
-            let ok = waited.is_ok();
-            self.note(waited);
-            if ok {
-                // Advice: a refusal leaves the pages cached, and loses nothing.
-                let _ = drop_cached(file, from, to - from);
-                self.dropped = to;
+            match waited {
+                Ok(()) => {
+                    // Advice: a refusal leaves the pages cached, and loses nothing.
+                    let _ = drop_cached(file, from, to - from);
+                    self.dropped = to;
+                }
+                Err(e) => self.note(Err(e)),
             }
         }
     }
@@ -105,15 +106,21 @@ impl Writeback {
     /// A segment is complete (the chain moved on to the next one): everything in it is
     /// written and synced, and its cached pages dropped.
     pub(crate) fn finish(&mut self, file: &File) -> std::io::Result<()> {
-        self.take_error()?;
-        file.sync_data()?;
+        self.sync_data(file)?;
         // Advice only: a failure leaves pages cached, nothing else.
         let _ = drop_cached(file, 0, 0);
         Ok(())
     }
 
+    /// `fdatasync` of the segment, failing with a writeback error seen since the last
+    /// sync if there was one (see the module doc).
+    pub(crate) fn sync_data(&mut self, file: &File) -> std::io::Result<()> {
+        self.take_error()?;
+        file.sync_data()
+    }
+
     /// The writeback error seen since the last call, if any.
-    pub(crate) fn take_error(&mut self) -> std::io::Result<()> {
+    fn take_error(&mut self) -> std::io::Result<()> {
         match self.error.take() {
             Some(e) => Err(e),
             None => Ok(()),
