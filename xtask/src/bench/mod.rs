@@ -12,18 +12,12 @@ mod rate;
 mod report;
 mod storms;
 
-use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Instant;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
 use crate::build::{self, is_root, workspace_root};
-use common::{median, percentile};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -81,6 +75,20 @@ enum Which {
         #[arg(long, default_value_t = 5000)]
         connects: u32,
         /// Run this auditor binary instead of building this tree's (for before/after).
+        #[arg(long)]
+        bin: Option<std::path::PathBuf>,
+    },
+    /// Kernel time per auditor hook over one pass of the three storms (bpf_stats on):
+    /// runs and mean ns per program, for before/after claims about the eBPF side, which
+    /// the storms' wall-clock ratios are too noisy to resolve.
+    Hooks {
+        #[arg(long, default_value_t = 2000)]
+        execs: u32,
+        #[arg(long, default_value_t = 20000)]
+        files: u32,
+        #[arg(long, default_value_t = 5000)]
+        connects: u32,
+        /// Run this auditor binary instead of building this tree's.
         #[arg(long)]
         bin: Option<std::path::PathBuf>,
     },
@@ -147,33 +155,6 @@ enum Which {
         #[arg(long, default_value_t = 500)]
         batch: u64,
     },
-    /// N execs of /bin/true with and without the auditor running.
-    Exec {
-        #[arg(long, default_value_t = 2000)]
-        count: u32,
-        #[arg(long, default_value_t = 5)]
-        rounds: u32,
-    },
-    /// N x (create+truncate, rename, unlink) outside and inside a watched tree, with and
-    /// without the auditor.
-    Files {
-        #[arg(long, default_value_t = 20000)]
-        count: u32,
-        #[arg(long, default_value_t = 3)]
-        rounds: u32,
-    },
-    /// Time-to-vault (kernel capture -> vault receive, after which it fsyncs and acks)
-    /// at a steady exec rate, and sustained throughput of a burst through the whole path.
-    Vault {
-        /// Execs per second for the latency run.
-        #[arg(long, default_value_t = 200)]
-        rate: u32,
-        #[arg(long, default_value_t = 10)]
-        seconds: u32,
-        /// Execs in the throughput burst.
-        #[arg(long, default_value_t = 5000)]
-        burst: u32,
-    },
 }
 
 /// The agent binary given on the command line, else this tree's release build.
@@ -230,6 +211,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 rounds,
             )?;
             print_storms(&r);
+            Ok(())
+        }
+        &Which::Hooks {
+            execs,
+            files,
+            connects,
+            ref bin,
+        } => {
+            let bin = given_or_built(bin)?;
+            let counts = storms::StormCounts {
+                execs,
+                files,
+                connects,
+            };
+            print_hooks(&storms::hook_costs(&bin, counts)?, usize::MAX);
             Ok(())
         }
         Which::Ab {
@@ -290,13 +286,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let bin = build::build_auditor(true)?;
             pipeline::ingest(&bin, batches, batch).map(|_| ())
         }
-        &Which::Exec { count, rounds } => exec(count, rounds),
-        &Which::Files { count, rounds } => files(count, rounds),
-        &Which::Vault {
-            rate,
-            seconds,
-            burst,
-        } => vault(rate, seconds, burst),
     }
 }
 
@@ -313,6 +302,16 @@ fn print_storms(r: &storms::StormResults) {
     }
     for t in storms::Tool::TRACERS {
         println!("{:9} loss reported: {}", t.name(), r.lost(t));
+    }
+}
+
+/// The `n` costliest hooks (total kernel time), one line each.
+fn print_hooks(hooks: &[(String, u64, f64)], n: usize) {
+    for (name, runs, ns) in hooks.iter().take(n) {
+        println!(
+            "  {name:24} {runs:>9} runs, {ns:>7.0} ns mean, {:>8.1} ms in all",
+            *runs as f64 * ns / 1e6
+        );
     }
 }
 
@@ -342,9 +341,7 @@ fn all(a: &AllArgs) -> Result<()> {
         print_storms(&r);
         println!("== kernel time per auditor hook (one untimed pass, bpf_stats on)");
         r.hooks = storms::hook_costs(&bin, counts)?;
-        for (name, n, ns) in r.hooks.iter().take(12) {
-            println!("  {name:24} {n:>9} runs, {ns:>7.0} ns mean");
-        }
+        print_hooks(&r.hooks, 12);
         Some(r)
     };
     let rate = if skip("rate") {
@@ -400,249 +397,5 @@ fn all(a: &AllArgs) -> Result<()> {
         report::write(&res, &workspace_root().join("docs"))?;
     }
     println!("done in {minutes:.1} min");
-    Ok(())
-}
-
-fn exec_storm(count: u32, marker: &str) -> Result<Duration> {
-    let start = Instant::now();
-    for _ in 0..count {
-        let st = Command::new("/bin/true").arg(marker).status()?;
-        if !st.success() {
-            bail!("/bin/true failed");
-        }
-    }
-    Ok(start.elapsed())
-}
-
-fn file_storm(dir: &Path, count: u32) -> Result<Duration> {
-    let (a, b) = (dir.join("a.log"), dir.join("b.log"));
-    let start = Instant::now();
-    for _ in 0..count {
-        std::fs::write(&a, b"x")?; // open(O_CREAT|O_TRUNC)
-        std::fs::rename(&a, &b)?;
-        std::fs::remove_file(&b)?;
-    }
-    Ok(start.elapsed())
-}
-
-fn files(count: u32, rounds: u32) -> Result<()> {
-    let bin = build::build_auditor(true)?;
-    let root = std::env::temp_dir().join(format!("auditor-bench-files-{}", std::process::id()));
-    let (inside, outside) = (root.join("watched"), root.join("elsewhere"));
-    std::fs::create_dir_all(&inside)?;
-    std::fs::create_dir_all(&outside)?;
-    let out = root.join("events.jsonl");
-    let mut r: [Vec<f64>; 4] = Default::default(); // out-base, out-with, in-base, in-with
-    file_storm(&outside, 1000)?;
-    for round in 0..rounds {
-        let ob = file_storm(&outside, count)?.as_secs_f64();
-        let ib = file_storm(&inside, count)?.as_secs_f64();
-        let child = start_auditor_args(
-            &bin,
-            &out,
-            &[
-                "--path",
-                inside.to_str().context("utf-8 path")?,
-                "--no-local-vault",
-            ],
-        )?;
-        let ow = file_storm(&outside, count)?.as_secs_f64();
-        let iw = file_storm(&inside, count)?.as_secs_f64();
-        stop(child)?;
-        let text = std::fs::read_to_string(&out)?;
-        let seen = text
-            .lines()
-            .filter(|l| l.contains("\"kind\":\"delete\"") && l.contains("watched/b.log"))
-            .count();
-        let leaked = text.lines().filter(|l| l.contains("elsewhere/")).count();
-        let lost = text.lines().any(|l| l.contains("\"kind\":\"loss\""));
-        println!(
-            "round {round}: outside {:.3}x, inside {:.3}x; deletes captured {seen}/{count}, outside events {leaked}{}",
-            ow / ob,
-            iw / ib,
-            if lost { ", LOSS reported" } else { "" }
-        );
-        let _ = std::fs::remove_file(&out);
-        for (v, x) in r.iter_mut().zip([ob, ow, ib, iw]) {
-            v.push(x);
-        }
-    }
-    let ratio = |w: &Vec<f64>, b: &Vec<f64>| {
-        median(&w.iter().zip(b).map(|(w, b)| w / b).collect::<Vec<_>>())
-    };
-    println!(
-        "file storm ({count} x create+O_TRUNC, rename, unlink; {rounds} interleaved rounds): median slowdown outside watched trees {:.3}x, inside {:.3}x",
-        ratio(&r[1], &r[0]),
-        ratio(&r[3], &r[2])
-    );
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(())
-}
-
-/// Starts the auditor writing JSON Lines to `out`; returns once its programs are attached.
-fn start_auditor_args(bin: &Path, out: &Path, extra: &[&str]) -> Result<Child> {
-    let mut child = Command::new(bin)
-        .args(["watch", "--quiet", "--output"])
-        .arg(out)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting auditor")?;
-    let stderr = child.stderr.take().context("auditor stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains("tracepoints attached") => break,
-            Some(Ok(_)) => continue,
-            _ => bail!("auditor exited before attaching"),
-        }
-    }
-    // Keep draining stderr so the child never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    Ok(child)
-}
-
-fn stop(mut child: Child) -> Result<()> {
-    // SAFETY: plain kill(2) on our child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait()?;
-    Ok(())
-}
-
-fn exec(count: u32, rounds: u32) -> Result<()> {
-    let bin = build::build_auditor(true)?;
-    let dir = std::env::temp_dir().join(format!("auditor-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut base = Vec::new();
-    let mut with = Vec::new();
-    let mut captured_all = true;
-    exec_storm(200, "warmup")?;
-    for r in 0..rounds {
-        let b = exec_storm(count, "bench-baseline")?;
-        let out = dir.join(format!("round{r}.jsonl"));
-        // Its own vault, not the machine's /var/lib/auditor/vault.
-        let vault_dir = dir.join(format!("vault{r}"));
-        let child = start_auditor_args(
-            &bin,
-            &out,
-            &["--vault-dir", vault_dir.to_str().context("utf-8 path")?],
-        )?;
-        let marker = format!("bench-marker-{r}");
-        let w = exec_storm(count, &marker)?;
-        stop(child)?;
-        let text = std::fs::read_to_string(&out)?;
-        let seen = text
-            .lines()
-            .filter(|l| l.contains(&marker) && l.contains("\"success\":true"))
-            .count();
-        let lost = text.lines().any(|l| l.contains("\"kind\":\"loss\""));
-        captured_all &= seen == count as usize && !lost;
-        println!(
-            "round {r}: baseline {:.3}s, with auditor {:.3}s, ratio {:.3}, execs captured {seen}/{count}{}",
-            b.as_secs_f64(),
-            w.as_secs_f64(),
-            w.as_secs_f64() / b.as_secs_f64(),
-            if lost { ", LOSS reported" } else { "" }
-        );
-        base.push(b.as_secs_f64());
-        with.push(w.as_secs_f64());
-    }
-    let ratios: Vec<f64> = base.iter().zip(&with).map(|(b, w)| w / b).collect();
-    println!(
-        "exec storm ({count} x /bin/true, {rounds} interleaved rounds): median slowdown {:.3}x \
-         (median baseline {:.3}s, with auditor {:.3}s); every exec captured: {captured_all}",
-        median(&ratios),
-        median(&base),
-        median(&with)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
-}
-
-fn vault(rate: u32, seconds: u32, burst: u32) -> Result<()> {
-    let bin = build::build_auditor(true)?;
-    let dir = std::env::temp_dir().join(format!("auditor-bench-vault-{}", std::process::id()));
-    let spool = dir.join("spool");
-    std::fs::create_dir_all(&dir)?;
-    let (server, token) = pipeline::serve(&bin, &dir, "bench")?;
-    let (port, data) = (server.port, server.data.clone());
-    let mut agent = Command::new(&bin)
-        .args([
-            "watch",
-            "--quiet",
-            "--allow-insecure-http",
-            "--host",
-            "bench",
-            "--vault",
-        ])
-        .arg(format!("http://127.0.0.1:{port}"))
-        .args(["--token", token.trim(), "--spool"])
-        .arg(&spool)
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = agent.stderr.take().context("agent stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains("tracepoints attached") => break,
-            Some(Ok(_)) => continue,
-            _ => bail!("agent exited before attaching"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-
-    // Steady rate: latency.
-    let m = format!("ttv-{}", std::process::id());
-    let total = rate * seconds;
-    let period = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let start = Instant::now();
-    for i in 0..total {
-        let due = start + period * i;
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        Command::new("/bin/true").arg(&m).status()?;
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    let times = pipeline::vault_times(&bin, &data, &m)?;
-    let mut lat: Vec<f64> = times.iter().map(|(t, r)| (r - t) as f64 / 1e6).collect();
-    lat.sort_by(f64::total_cmp);
-
-    // Burst: sustained events/s through kernel -> agent -> vault.
-    let mb = format!("burst-{}", std::process::id());
-    let t0 = Instant::now();
-    for _ in 0..burst {
-        Command::new("/bin/true").arg(&mb).status()?;
-    }
-    let spawn_s = t0.elapsed().as_secs_f64();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let arrived = loop {
-        let n = pipeline::vault_times(&bin, &data, &mb)?;
-        if n.len() >= burst as usize || Instant::now() > deadline {
-            break n;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    let first = arrived.iter().map(|x| x.0).min().unwrap_or(0);
-    let last = arrived.iter().map(|x| x.1).max().unwrap_or(0);
-    let span_s = (last - first) as f64 / 1e9;
-
-    // SAFETY: kill(2) on our children.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    agent.wait()?;
-    drop(server);
-    println!(
-        "time-to-vault at {rate} execs/s for {seconds}s: {} of {total} execs in the vault; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        lat.len(),
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        lat.last().copied().unwrap_or(f64::NAN)
-    );
-    println!(
-        "burst of {burst} execs (spawned in {spawn_s:.2}s): {} in the vault, first capture to last receive {span_s:.2}s = {:.0} execs/s end to end",
-        arrived.len(),
-        arrived.len() as f64 / span_s
-    );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -361,8 +361,9 @@ pub fn markdown(a: &All) -> String {
             "\n## Time to vault, agent cost, vault ingest\n\n\
              The agent streams to `auditor vault serve --insecure-http` on 127.0.0.1 \
              (`auditor watch --vault http://127.0.0.1:PORT`: spool on disk, batches, each \
-             acknowledged after the vault fsynced it). Execs of `/bin/true` are paced from \
-             several threads; time-to-vault is the vault's `received_at` minus the event's \
+             acknowledged after the vault fsynced it). Execs of a statically linked program \
+             that exits at once (built with `cc -static`, so the dynamic loader's work does \
+             not eat the cores the agent needs) are paced from several threads; time-to-vault is the vault's `received_at` minus the event's \
              capture `time`. Agent CPU is utime+stime from /proc/PID/stat over the phase \
              (100 % = one core); peak RSS is VmHWM over the agent's whole life.\n\n\
              | execs/s reached | seconds | in vault | p50 | p99 | max | agent CPU |\n|---|---|---|---|---|---|---|"
@@ -408,8 +409,8 @@ pub fn markdown(a: &All) -> String {
             let _ = writeln!(
                 s,
                 "\nThe exec generator could not reach 1,600 execs/s here: it reached {:.0}/s. \
-                 A fork + exec + exit of `/bin/true` costs about 0.7 ms of CPU on this \
-                 machine, and the two cores are shared with other people's builds. Scaled \
+                 A fork + exec + exit of even a static program costs about 0.5 ms of CPU \
+                 on this machine, and the two cores are shared with other people's builds. Scaled \
                  linearly, the agent's {:.1} % at {:.0}/s would be about {:.0} % at 1,600/s \
                  (an extrapolation, not a measurement).",
                 ph.rate,
@@ -503,6 +504,9 @@ event and loss for each.
 - `cargo xtask bench storms --bin BINARY`: the three storms with a given agent binary; run it \
 for the old and the new binary back to back and compare each against its own untraced runs \
 and peers.
+- `cargo xtask bench hooks --bin BINARY`: kernel time per eBPF program (runs, mean ns, from \
+`bpf_stats`) over one pass of the three storms; the eBPF side's before/after, which the \
+storms' wall-clock ratios are too noisy to resolve.
 - `cargo bench -p auditor --bench sink`: userspace cost per event after assembly (JSON Lines, \
 canonical JSON, the local vault), no root needed; under `valgrind --tool=callgrind` it counts \
 instructions, which a noisy machine does not disturb (SHA-256 then runs without its CPU \
