@@ -81,6 +81,7 @@ kernel_offsets! {
     mount_parent => "mount"."mnt_parent",
     mount_mountpoint => "mount"."mnt_mountpoint",
     vfsmount_root => "vfsmount"."mnt_root",
+    vfsmount_sb => "vfsmount"."mnt_sb",
     mm_exe_file => "mm_struct"."exe_file",
     file_path => "file"."f_path",
     files_fdt => "files_struct"."fdt",

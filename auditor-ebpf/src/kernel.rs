@@ -55,7 +55,7 @@ pub fn read<T>(base: u64, off: u64) -> Result<T, i64> {
 
 /// Two pointer-sized fields of `base` at `a` and `b`: one read when adjacent.
 #[inline(always)]
-fn read_u64_pair(base: u64, a: u64, b: u64) -> Result<(u64, u64), i64> {
+pub fn read_u64_pair(base: u64, a: u64, b: u64) -> Result<(u64, u64), i64> {
     if a & 7 == 0 && b == a + 8 {
         let [x, y] = read::<[u64; 2]>(base, a)?;
         return Ok((x, y));

@@ -78,6 +78,12 @@ pub fn append_checked<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64) -> (Walk
 
 #[inline(always)]
 fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk, u32, u8) {
+    // Read here and at each mount crossing, not in every step: a step that branched on
+    // "already read?" gave the verifier two states per step to explore, and the largest
+    // programs went over its budget. An unreadable root (never seen: the vfsmount comes
+    // from a live `struct path`) leaves 0, and the walk then ends in a fault at the top
+    // of the mount.
+    let (mnt_root, dev) = mount_root_dev(vfsmnt, check);
     let mut ctx = WalkCtx {
         vfsmnt,
         dentry,
@@ -88,17 +94,8 @@ fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk,
         check: check as u32,
         in_tree: 0,
         first_mode: 0,
-        // Read here and at each mount crossing, not in every step: a step that branched
-        // on "already read?" gave the verifier two states per step to explore, and the
-        // largest programs went over its budget. An unreadable root (never seen: the
-        // vfsmount comes from a live `struct path`) leaves 0, and the walk then ends in
-        // a fault at the top of the mount.
-        mnt_root: mount_root(vfsmnt),
-        dev: if check {
-            dentry_dev(dentry)
-        } else {
-            filter::DEV_UNKNOWN
-        },
+        mnt_root,
+        dev,
     };
     // SAFETY: the callback only touches `ctx` and this CPU's scratch buffer.
     unsafe {
@@ -125,22 +122,22 @@ fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk,
     (walk, used as u32, mode)
 }
 
-/// The root dentry of `vfsmnt` (0 if unreadable). Laundered: a value the verifier does
-/// not track, so that the callback's states converge.
+/// The root dentry of `vfsmnt` (0 if unreadable) and, when `check`, the device of its
+/// superblock, which every dentry of the mount shares (`filter::DEV_UNKNOWN` if
+/// unreadable, or not asked for: no lookup matches then). `mnt_root` and `mnt_sb` are
+/// adjacent, so this is two helper reads where going through the dentry's inode was
+/// four. Laundered: values the verifier does not track, so that the callback's states
+/// converge.
 #[inline(always)]
-fn mount_root(vfsmnt: u64) -> u64 {
-    crate::emit::launder(read::<u64>(vfsmnt, off!(vfsmount_root)).unwrap_or(0))
-}
-
-/// The device of `dentry`'s superblock, shared by every dentry of its mount
-/// (`filter::DEV_UNKNOWN` if unreadable: no lookup matches then). Laundered, as above.
-#[inline(always)]
-fn dentry_dev(dentry: u64) -> u64 {
-    let dev = read::<u64>(dentry, off!(dentry_inode))
-        .and_then(|inode| read::<u64>(inode, off!(inode_sb)))
-        .and_then(|sb| read::<u32>(sb, off!(sb_dev)))
-        .map_or(filter::DEV_UNKNOWN, u64::from);
-    crate::emit::launder(dev)
+fn mount_root_dev(vfsmnt: u64, check: bool) -> (u64, u64) {
+    let (root, sb) =
+        kernel::read_u64_pair(vfsmnt, off!(vfsmount_root), off!(vfsmount_sb)).unwrap_or((0, 0));
+    let dev = if check {
+        read::<u32>(sb, off!(sb_dev)).map_or(filter::DEV_UNKNOWN, u64::from)
+    } else {
+        filter::DEV_UNKNOWN
+    };
+    (crate::emit::launder(root), crate::emit::launder(dev))
 }
 
 /// One step up the tree. Returns 1 to stop the loop.
@@ -188,10 +185,10 @@ extern "C" fn walk_step<T>(i: u64, ctx: *mut c_void) -> i64 {
         c.dentry = mountpoint;
         c.mnt = mnt_parent;
         c.vfsmnt = mnt_parent + off!(mount_mnt);
-        c.mnt_root = mount_root(c.vfsmnt);
-        if c.check != 0 {
-            c.dev = dentry_dev(mountpoint);
-        }
+        // The mountpoint is a dentry of the parent mount: its device is that mount's.
+        let (root, dev) = mount_root_dev(c.vfsmnt, c.check != 0);
+        c.mnt_root = root;
+        c.dev = dev;
         return 0;
     }
     // Through `launder`: the loop state stays imprecise, so the verifier's iterations of
