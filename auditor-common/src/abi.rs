@@ -196,12 +196,26 @@ pub mod names {
     pub const WATCH_PREFIXES: &str = "WATCH_PREFIXES";
     pub const WATCH_INODES: &str = "WATCH_INODES";
     pub const INFLIGHT: &str = "INFLIGHT";
-    pub const FILE_PART2: &str = "FILE_PART2";
+    /// The file hooks' tail-call targets, slots in [`super::file_tail`].
+    pub const FILE_TAILS: &str = "FILE_TAILS";
     pub const WATCH_COUNT: &str = "WATCH_COUNT";
     pub const IOURING_INFLIGHT: &str = "IOURING_INFLIGHT";
-    /// The program in `FILE_PART2` slot 0.
+    /// The program in `FILE_TAILS` slot [`super::file_tail::PART2`].
     pub const RENAME_PART2_PROG: &str = "file_rename_part2";
+    /// The program in `FILE_TAILS` slot [`super::file_tail::BODY`].
+    pub const FILE_BODY_PROG: &str = "file_entry_body";
     pub const SETTINGS: &str = "SETTINGS";
+}
+
+/// Slots of the `FILE_TAILS` program array.
+pub mod file_tail {
+    /// `file_rename_part2`: resolves a two-name operation's second name.
+    pub const PART2: u32 = 0;
+    /// `file_entry_body`: builds and emits a file record from the arguments a hook left
+    /// in `FILE_ARGS`.
+    pub const BODY: u32 = 1;
+    /// Slots in all.
+    pub const COUNT: u32 = 2;
 }
 
 /// Value for a credential or id the running kernel does not have (e.g. `loginuid` without

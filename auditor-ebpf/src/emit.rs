@@ -205,8 +205,9 @@ impl<T> Record<T> {
     }
 }
 
+/// Counts one record lost (`bytes` long, 0 when it was never built).
 #[inline(always)]
-fn count_loss(bytes: u64) {
+pub(crate) fn count_loss(bytes: u64) {
     let Some(counter) = LOSS.get_ptr_mut(0) else {
         return;
     };

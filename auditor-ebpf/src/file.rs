@@ -11,7 +11,7 @@
 //! `INFLIGHT` so the result is reported only for emitted entries.
 
 use auditor_common::{
-    FileEvent, SyscallResultEvent, file_op, flags, kind,
+    FileEvent, SyscallResultEvent, file_op, file_tail, flags, kind,
     limits::{FILENAME_MAX, INFLIGHT_SLOTS},
     watch_mode,
 };
@@ -21,7 +21,7 @@ use aya_ebpf::{
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
     },
     macros::{map, tracepoint},
-    maps::{Array, ProgramArray},
+    maps::{Array, PerCpuArray, ProgramArray},
     programs::TracePointContext,
 };
 
@@ -81,10 +81,60 @@ fn inflight_take(tid: u32) -> Option<u32> {
     }
 }
 
-/// Slot 0: `file_rename_part2`, which resolves a rename's second path. Splitting the
-/// two path walks over a tail call keeps each program well inside the verifier's budget.
-#[map(name = "FILE_PART2")]
-static FILE_PART2: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// Tail-call targets (`file_tail` slots): `file_entry_body`, which every file hook
+/// hands its arguments to, and `file_rename_part2`, which resolves a two-name
+/// operation's second path (splitting the two path walks over a tail call keeps each
+/// program well inside the verifier's budget).
+///
+/// One body for every hook, rather than the body inlined into each: the verifier then
+/// checks the name copy, prefix match and path walk once, with arguments it cannot
+/// know, instead of once per hook with constants. Inlined into 16 syscall hooks and the
+/// io_uring one it took 0.30-0.97 s of verification each, most of the agent's start-up,
+/// and nothing is captured until the hooks are attached.
+#[map(name = "FILE_TAILS")]
+static FILE_TAILS: ProgramArray = ProgramArray::with_max_entries(file_tail::COUNT, 0);
+
+/// A hook's arguments for `file_entry_body`, per CPU: written right before the tail
+/// call, read right after it, on the same CPU within one program run.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FileArgs {
+    op: u32,
+    op_flags: u32,
+    arg: u64,
+    fd: i32,
+    dirfd1: i32,
+    dirfd2: i32,
+    /// `NAME_*` bits, for the two names.
+    name_bits: u32,
+    ptr1: u64,
+    ptr2: u64,
+    ring: u64,
+    req: u64,
+}
+
+const NAME_KERNEL: u32 = 1;
+const NAME_RAW: u32 = 2;
+
+impl Name {
+    #[inline(always)]
+    fn bits(self) -> u32 {
+        (if self.kernel { NAME_KERNEL } else { 0 }) | (if self.raw { NAME_RAW } else { 0 })
+    }
+
+    #[inline(always)]
+    fn from_bits(dirfd: i32, ptr: u64, bits: u32) -> Self {
+        Self {
+            dirfd,
+            ptr,
+            kernel: bits & NAME_KERNEL != 0,
+            raw: bits & NAME_RAW != 0,
+        }
+    }
+}
+
+#[map(name = "FILE_ARGS")]
+static FILE_ARGS: PerCpuArray<FileArgs> = PerCpuArray::with_max_entries(1, 0);
 
 /// One name argument: the directory fd it is relative to, and where the string is.
 #[derive(Clone, Copy)]
@@ -469,11 +519,72 @@ fn file_enter(
     file_entry(ctx, op, n1, n2, op_flags, arg, fd, SYSCALL);
 }
 
-/// Builds the record for one file operation: path 1 here, path 2 (if any) in
-/// `file_path2` after a tail call. Shared by the syscall hooks and io_uring.
+/// Hands one file operation to `file_entry_body` (which builds the record: path 1
+/// there, path 2 if any in `file_rename_part2`). Shared by the syscall hooks and
+/// io_uring. A failed hand-off (the slot empty: a loader bug) is counted as a lost
+/// record, so that it shows in the event stream.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn file_entry(
+    ctx: &TracePointContext,
+    op: u32,
+    n1: Name,
+    n2: Name,
+    op_flags: u32,
+    arg: u64,
+    fd: i32,
+    ring: Ring,
+) {
+    let Some(slot) = FILE_ARGS.get_ptr_mut(0) else {
+        crate::emit::count_loss(0);
+        return;
+    };
+    let args = FileArgs {
+        op,
+        op_flags,
+        arg,
+        fd,
+        dirfd1: n1.dirfd,
+        dirfd2: n2.dirfd,
+        name_bits: n1.bits() | (n2.bits() << 8),
+        ptr1: n1.ptr,
+        ptr2: n2.ptr,
+        ring: ring.ring,
+        req: ring.req,
+    };
+    // SAFETY: this CPU's value of a per-CPU map, sized for FileArgs; the tail call
+    // replaces this program, so nothing else runs on this CPU in between.
+    unsafe {
+        slot.write(args);
+        let _ = FILE_TAILS.tail_call(ctx, file_tail::BODY);
+    }
+    crate::emit::count_loss(0);
+}
+
+/// The body of every file hook: builds and emits the record for the arguments the hook
+/// left in `FILE_ARGS`. Reached only by tail call (`FILE_TAILS`).
+#[tracepoint]
+pub fn file_entry_body(ctx: TracePointContext) -> u32 {
+    let Some(slot) = FILE_ARGS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's value, written by the hook that tail-called here.
+    let a = unsafe { slot.read() };
+    let n1 = Name::from_bits(a.dirfd1, a.ptr1, a.name_bits);
+    let n2 = Name::from_bits(a.dirfd2, a.ptr2, a.name_bits >> 8);
+    let ring = Ring {
+        ring: a.ring,
+        req: a.req,
+    };
+    build(&ctx, a.op, n1, n2, a.op_flags, a.arg, a.fd, ring);
+    0
+}
+
+/// Builds the record for one file operation: path 1 here, path 2 (if any) in
+/// `file_rename_part2` after a tail call.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn build(
     ctx: &TracePointContext,
     op: u32,
     n1: Name,
@@ -512,7 +623,7 @@ pub(crate) fn file_entry(
     }
     if n2.ptr != 0 {
         // SAFETY: the tail call replaces this program; the scratch buffer carries the state.
-        unsafe { FILE_PART2.tail_call(ctx, 0) };
+        unsafe { FILE_TAILS.tail_call(ctx, file_tail::PART2) };
         // Reached only if the tail call failed: report path 1, and say path 2 is missing.
         // SAFETY: as above.
         unsafe { (*ev).flags |= flags::NAME2_FAULT | flags::BASE2_FAULT | flags::PATH2_WATCHED };

@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use auditor_common::{Settings, limits, names};
+use auditor_common::{Settings, file_tail, limits, names};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap},
@@ -323,28 +323,37 @@ fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &'static str) -> Res
 }
 
 /// Loads the programs reached only by tail call and puts them in their slots, before
-/// anything is attached (so no rename can run before its second half exists).
+/// anything is attached (so no hook can run before the body it hands over to exists).
 fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    const NAME: &str = names::RENAME_PART2_PROG;
-    let fd = loaded::<TracePoint>(ebpf, NAME)?
-        .fd()
-        .map_err(|source| LoadError::Program { name: NAME, source })?
-        .try_clone()
-        .map_err(|e| LoadError::Program {
-            name: NAME,
-            source: aya::programs::ProgramError::IOError(e),
-        })?;
+    const TAILS: [(&str, u32); 2] = [
+        (names::FILE_BODY_PROG, file_tail::BODY),
+        (names::RENAME_PART2_PROG, file_tail::PART2),
+    ];
+    let mut fds = Vec::with_capacity(TAILS.len());
+    for (name, slot) in TAILS {
+        let fd = loaded::<TracePoint>(ebpf, name)?
+            .fd()
+            .map_err(|source| LoadError::Program { name, source })?
+            .try_clone()
+            .map_err(|e| LoadError::Program {
+                name,
+                source: aya::programs::ProgramError::IOError(e),
+            })?;
+        fds.push((slot, fd));
+    }
     let map = ebpf
-        .map_mut(names::FILE_PART2)
-        .ok_or(LoadError::MissingMap(names::FILE_PART2))?;
+        .map_mut(names::FILE_TAILS)
+        .ok_or(LoadError::MissingMap(names::FILE_TAILS))?;
     let mut slots = aya::maps::ProgramArray::try_from(map).map_err(|source| LoadError::Map {
-        name: names::FILE_PART2,
+        name: names::FILE_TAILS,
         source,
     })?;
-    slots.set(0, &fd, 0).map_err(|source| LoadError::Map {
-        name: "FILE_PART2",
-        source,
-    })?;
+    for (slot, fd) in &fds {
+        slots.set(*slot, fd, 0).map_err(|source| LoadError::Map {
+            name: names::FILE_TAILS,
+            source,
+        })?;
+    }
     Ok(())
 }
 

@@ -5,13 +5,24 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Seconds from spawn to "tracepoints attached" of every agent `start_agent` started.
+static STARTUPS: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+
+/// The start-up times of the agents started so far in this process.
+pub fn agent_startups() -> Vec<f64> {
+    STARTUPS.lock().map(|v| v.clone()).unwrap_or_default()
+}
 
 extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -100,7 +111,10 @@ impl Drop for Proc {
 }
 
 /// Starts `auditor watch --quiet` with `args`; returns once its programs are attached.
+/// The time that takes (every program verified and attached) is recorded for
+/// [`agent_startups`]: nothing is captured before it.
 pub fn start_agent(bin: &Path, args: &[&str]) -> Result<Proc> {
+    let spawned = Instant::now();
     let mut p = Proc::spawn(
         "auditor watch",
         Command::new(bin)
@@ -119,7 +133,12 @@ pub fn start_agent(bin: &Path, args: &[&str]) -> Result<Proc> {
     let mut last = Vec::new();
     loop {
         match lines.next() {
-            Some(Ok(l)) if l.contains("tracepoints attached") => break,
+            Some(Ok(l)) if l.contains("tracepoints attached") => {
+                if let Ok(mut v) = STARTUPS.lock() {
+                    v.push(spawned.elapsed().as_secs_f64());
+                }
+                break;
+            }
             Some(Ok(l)) => last.push(l),
             _ => bail!(
                 "auditor watch exited before attaching its programs: {}",

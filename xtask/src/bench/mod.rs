@@ -387,6 +387,7 @@ fn all(a: &AllArgs) -> Result<()> {
         storms,
         rate,
         pipeline,
+        startups: common::agent_startups(),
         command,
         started,
         minutes,

@@ -15,6 +15,8 @@ pub struct All {
     pub storms: Option<StormResults>,
     pub rate: Option<RateResults>,
     pub pipeline: Option<PipelineResults>,
+    /// Seconds from spawn to attached, of every agent the run started.
+    pub startups: Vec<f64>,
     pub command: String,
     pub started: String,
     pub minutes: f64,
@@ -480,6 +482,20 @@ pub fn markdown(a: &All) -> String {
                 i.bytes as f64 / 1e6 / i.seconds
             );
         }
+    }
+    if !a.startups.is_empty() {
+        let mut v = a.startups.clone();
+        v.sort_by(f64::total_cmp);
+        let _ = writeln!(
+            s,
+            "\n## Agent start-up\n\nFrom spawning `auditor watch` to its `tracepoints attached` \
+             line (every program verified by the kernel and attached; nothing is captured \
+             before it), over the {} agents this run started: median **{:.2} s** ({:.2}–{:.2} s).",
+            v.len(),
+            super::common::median(&v),
+            v[0],
+            v[v.len() - 1]
+        );
     }
     if !targets.is_empty() {
         let _ = writeln!(
