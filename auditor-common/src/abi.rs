@@ -205,6 +205,9 @@ pub mod names {
     /// The program in `FILE_TAILS` slot [`super::file_tail::BODY`].
     pub const FILE_BODY_PROG: &str = "file_entry_body";
     pub const SETTINGS: &str = "SETTINGS";
+    /// One u32 the reader sets to 1 before it sleeps on an empty ring; the next record
+    /// wakes it and sets it back to 0.
+    pub const READER_IDLE: &str = "READER_IDLE";
 }
 
 /// Slots of the `FILE_TAILS` program array.

@@ -43,6 +43,12 @@ static LOSS: PerCpuArray<LossCounter> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SCRATCH")]
 static SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
 
+/// Slot 0 is 1 while the reader sleeps on an empty ring (it sets it after a quiet poll
+/// interval): the next record forces a wakeup and clears it, so the first record after
+/// a quiet spell reaches the reader at once, and an idle agent needs no fast polling.
+#[map(name = "READER_IDLE")]
+static READER_IDLE: Array<u32> = Array::with_max_entries(1, 0);
+
 /// One u64 per CPU to pass values through, see [`launder`].
 #[map(name = "LAUNDER")]
 static LAUNDER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -189,11 +195,22 @@ impl<T> Record<T> {
         // per WAKE_BYTES of backlog is plenty; using every multiple (not only the first)
         // also covers two CPUs racing past the first one without either seeing it.
         let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
-        let wake = if avail / WAKE_BYTES != (avail + total) / WAKE_BYTES {
+        let mut wake = if avail / WAKE_BYTES != (avail + total) / WAKE_BYTES {
             BPF_RB_FORCE_WAKEUP
         } else {
             BPF_RB_NO_WAKEUP
         };
+        // The reader sleeps: wake it for this record. Two CPUs may both see the flag
+        // set and both wake it; that costs one spare wakeup, no record.
+        if let Some(idle) = READER_IDLE.get_ptr_mut(0) {
+            // SAFETY: a value of this map; aligned 4-byte accesses.
+            unsafe {
+                if core::ptr::read_volatile(idle) != 0 {
+                    core::ptr::write_volatile(idle, 0);
+                    wake = BPF_RB_FORCE_WAKEUP;
+                }
+            }
+        }
         // SAFETY: the header is at the start of the buffer; `total` <= the buffer size.
         unsafe {
             (*self.base.cast::<Header>()).len = total as u32;

@@ -4,7 +4,7 @@
 use auditor_common::{LossCounter, names};
 use aya::{
     Ebpf,
-    maps::{Map, MapData, PerCpuArray},
+    maps::{Array, Map, MapData, PerCpuArray},
 };
 
 use super::ringbuf::{EventRing, RingBufError};
@@ -33,6 +33,35 @@ pub fn take_ring(ebpf: &mut Ebpf) -> Result<EventRing, RingError> {
         return Err(RingError::NotRing(names::EVENTS));
     };
     Ok(EventRing::new(data)?)
+}
+
+/// The reader's "I sleep now" flag (`READER_IDLE`): armed, the next record the programs
+/// write wakes the reader, and they disarm it.
+pub struct IdleFlag {
+    map: Array<MapData, u32>,
+}
+
+impl IdleFlag {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, RingError> {
+        let map = ebpf
+            .take_map(names::READER_IDLE)
+            .ok_or(RingError::MissingMap(names::READER_IDLE))?;
+        let map = Array::try_from(map).map_err(|source| RingError::Map {
+            name: names::READER_IDLE,
+            source,
+        })?;
+        Ok(Self { map })
+    }
+
+    /// Asks the programs to wake the reader for the next record. The caller drains the
+    /// ring once more afterwards: a record written just before the flag was set did not
+    /// see it.
+    pub fn arm(&mut self) -> Result<(), RingError> {
+        self.map.set(0, 1, 0).map_err(|source| RingError::Map {
+            name: names::READER_IDLE,
+            source,
+        })
+    }
 }
 
 /// Reads the kernel's per-CPU loss counters and reports what changed since last time.
