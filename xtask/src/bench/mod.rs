@@ -299,6 +299,18 @@ fn print_storms(r: &storms::StormResults) {
             })
             .collect();
         println!("{name:8} median slowdown: {}", per.join(", "));
+        let cpu: Vec<String> = storms::Tool::TRACERS
+            .iter()
+            .map(|&t| {
+                format!(
+                    "{} {:.3}x (storm alone {:.3}x)",
+                    t.name(),
+                    r.cpu_ratio(t, i),
+                    r.own_cpu_ratio(t, i)
+                )
+            })
+            .collect();
+        println!("{name:8} median CPU cost: {}", cpu.join(", "));
     }
     for t in storms::Tool::TRACERS {
         println!("{:9} loss reported: {}", t.name(), r.lost(t));

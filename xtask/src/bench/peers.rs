@@ -125,6 +125,11 @@ pub struct Auditd {
 }
 
 impl Auditd {
+    /// auditd's pid (0 once stopped).
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, Proc::pid)
+    }
+
     /// Starts `auditd -n` with a configuration in `dir` (its log goes there too, not to
     /// /var/log/audit) and loads rules equivalent to auditor's hooks, restricted to
     /// `watched` for file operations like `auditor watch --path`. Debian's default
@@ -344,6 +349,10 @@ pub struct Bpftrace {
 }
 
 impl Bpftrace {
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     pub fn start(dir: &Path, watched: &Path) -> Result<Self> {
         let script = dir.join("bench.bt");
         std::fs::write(

@@ -141,7 +141,36 @@ pub fn markdown(a: &All) -> String {
         }
         let _ = writeln!(
             s,
-            "\nPer-round ratios:\n\n| storm | tool | rounds |\n|---|---|---|"
+            "\nCPU cost of the same runs: the CPU time (user + system) of the storm itself (its \
+             thread and the children it waited for; hooks run in the syscalls' context, so \
+             their time is in it) plus that of the tool's processes meanwhile (the agent; \
+             auditd and the kernel's `kauditd` thread; bpftrace), against the untraced \
+             runs', median over rounds. Time spent waiting for a core is not CPU time, so \
+             this is far less disturbed by the machine's other tenants than the wall-time \
+             ratios above; it leaves out work the kernel does elsewhere on a storm's behalf \
+             (journal commits, RCU callbacks). In brackets: the storm's own CPU alone.\n\n\
+             | storm | untraced CPU (median) | auditor | auditd | bpftrace |\n|---|---|---|---|---|"
+        );
+        for (i, name) in STORMS.iter().enumerate() {
+            let cell = |t: Tool| {
+                format!(
+                    "{:.3}× ({:.3}×)",
+                    st.cpu_ratio(t, i),
+                    st.own_cpu_ratio(t, i)
+                )
+            };
+            let _ = writeln!(
+                s,
+                "| {name} | {:.2} s | {} | {} | {} |",
+                st.median_cpu(Tool::None, i),
+                cell(Tool::Auditor),
+                cell(Tool::Auditd),
+                cell(Tool::Bpftrace)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nPer-round ratios (wall time):\n\n| storm | tool | rounds |\n|---|---|---|"
         );
         for (i, name) in STORMS.iter().enumerate() {
             for t in Tool::TRACERS {

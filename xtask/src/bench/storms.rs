@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{TempDir, check_interrupted, median, output, start_agent},
+    common::{TempDir, check_interrupted, cpu_seconds, median, output, start_agent},
     peers::{Auditd, Bpftrace, ensure_auditd, ensure_bpftrace},
 };
 
@@ -64,6 +64,12 @@ impl StormCounts {
 #[derive(Clone, Default)]
 pub struct Cell {
     pub seconds: f64,
+    /// CPU seconds (user + system) of the storm itself: its thread and the children it
+    /// waited for. Hooks run in the syscall's context, so this includes their time.
+    pub cpu: f64,
+    /// CPU seconds the tool's own processes used meanwhile (the agent; auditd and the
+    /// kernel's kauditd thread; bpftrace).
+    pub tool_cpu: f64,
     /// Events the tool recorded for this storm (None for the untraced run).
     pub captured: Option<u64>,
 }
@@ -122,6 +128,60 @@ impl StormResults {
         v.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
             (lo.min(x), hi.max(x))
         })
+    }
+
+    /// Median over rounds of (storm CPU + tool CPU) / the bracketing untraced runs'
+    /// CPU: the machine's CPU a storm costs with the tool, against without. Much less
+    /// disturbed than wall time by other tenants (time spent waiting for a core is not
+    /// in it); it leaves out work the kernel does elsewhere on the storm's behalf
+    /// (journal commits, RCU callbacks).
+    pub fn cpu_ratio(&self, tool: Tool, storm: usize) -> f64 {
+        median(
+            &self
+                .cpu_ratios(tool, storm)
+                .map(|(all, _)| all)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// Median over rounds of the storm's own CPU against the untraced runs' (the hooks'
+    /// share of the cost, without the tool's processes).
+    pub fn own_cpu_ratio(&self, tool: Tool, storm: usize) -> f64 {
+        median(
+            &self
+                .cpu_ratios(tool, storm)
+                .map(|(_, own)| own)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn cpu_ratios(&self, tool: Tool, storm: usize) -> impl Iterator<Item = (f64, f64)> + '_ {
+        let t = tool as usize;
+        (0..self.rounds.len()).map(move |r| {
+            let first = self.rounds[r].cells[0][storm].cpu;
+            let next = self
+                .rounds
+                .get(r + 1)
+                .map(|n| n.cells[0][storm].cpu)
+                .or(self.closing.as_ref().map(|c| c[storm].cpu))
+                .unwrap_or(first);
+            let base = (first + next) / 2.0;
+            let c = &self.rounds[r].cells[t][storm];
+            ((c.cpu + c.tool_cpu) / base, c.cpu / base)
+        })
+    }
+
+    /// Median CPU seconds of a tool's storm runs (storm and tool together).
+    pub fn median_cpu(&self, tool: Tool, storm: usize) -> f64 {
+        let v: Vec<f64> = self
+            .rounds
+            .iter()
+            .map(|r| {
+                let c = &r.cells[tool as usize][storm];
+                c.cpu + c.tool_cpu
+            })
+            .collect();
+        median(&v)
     }
 
     pub fn median_seconds(&self, tool: Tool, storm: usize) -> f64 {
@@ -248,21 +308,66 @@ struct Env {
 /// measurement, untraced included, starts after a `sync` and the same pause.
 const SETTLE: Duration = Duration::from_secs(2);
 
-fn settled_storms(env: &Env, marker: &str) -> Result<[Cell; 3]> {
+/// `tool_pids`: the tool's processes, whose CPU time is read around each storm.
+fn settled_storms(env: &Env, marker: &str, tool_pids: &[u32]) -> Result<[Cell; 3]> {
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
     std::thread::sleep(SETTLE);
-    run_storms(env, marker)
+    run_storms(env, marker, tool_pids)
 }
 
-fn run_storms(env: &Env, marker: &str) -> Result<[Cell; 3]> {
-    let e = exec_storm(env.counts.execs, marker)?;
-    let f = file_storm(&env.watched, env.counts.files)?;
-    let c = connect_storm(&env.listener, env.counts.connects)?;
-    Ok([e, f, c].map(|d| Cell {
-        seconds: d.as_secs_f64(),
+fn run_storms(env: &Env, marker: &str, tool_pids: &[u32]) -> Result<[Cell; 3]> {
+    let e = measured(tool_pids, || exec_storm(env.counts.execs, marker))?;
+    let f = measured(tool_pids, || file_storm(&env.watched, env.counts.files))?;
+    let c = measured(tool_pids, || {
+        connect_storm(&env.listener, env.counts.connects)
+    })?;
+    Ok([e, f, c])
+}
+
+/// Runs one storm; its wall time, its own CPU and the tool's CPU meanwhile.
+fn measured(tool_pids: &[u32], storm: impl FnOnce() -> Result<Duration>) -> Result<Cell> {
+    let (own0, tool0) = (own_cpu_seconds(), pids_cpu_seconds(tool_pids)?);
+    let wall = storm()?;
+    let (own1, tool1) = (own_cpu_seconds(), pids_cpu_seconds(tool_pids)?);
+    Ok(Cell {
+        seconds: wall.as_secs_f64(),
+        cpu: own1 - own0,
+        tool_cpu: tool1 - tool0,
         captured: None,
-    }))
+    })
+}
+
+/// CPU seconds of this thread plus this process's waited-for children (the storms'
+/// `/bin/true`s; nothing else is reaped while a storm runs).
+fn own_cpu_seconds() -> f64 {
+    let secs = |who| {
+        // SAFETY: getrusage into a zeroed struct we own.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::getrusage(who, &raw mut u) } != 0 {
+            return 0.0;
+        }
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    secs(libc::RUSAGE_THREAD) + secs(libc::RUSAGE_CHILDREN)
+}
+
+fn pids_cpu_seconds(pids: &[u32]) -> Result<f64> {
+    pids.iter()
+        .map(|&p| cpu_seconds(p).with_context(|| format!("CPU time of the tool's pid {p}")))
+        .sum()
+}
+
+/// The kernel's audit thread, which formats and sends auditd's records.
+fn kauditd_pid() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == "kauditd").then_some(pid)
+    })
 }
 
 /// Counts auditor's vault: (exec with our marker, file events from us, connects from us
@@ -341,7 +446,7 @@ fn one(env: &Env, tool: Tool, round: u32) -> Result<([Cell; 3], u64)> {
     let dir = env.root.join(format!("{}-{round}", tool.name()));
     std::fs::create_dir_all(&dir)?;
     let res = match tool {
-        Tool::None => (settled_storms(env, &marker)?, 0),
+        Tool::None => (settled_storms(env, &marker, &[])?, 0),
         Tool::Auditor => {
             let vault = dir.join("vault");
             let mut agent = start_agent(
@@ -353,7 +458,7 @@ fn one(env: &Env, tool: Tool, round: u32) -> Result<([Cell; 3], u64)> {
                     vault.to_str().context("UTF-8 path")?,
                 ],
             )?;
-            let mut cells = settled_storms(env, &marker)?;
+            let mut cells = settled_storms(env, &marker, &[agent.pid()])?;
             agent.stop(Duration::from_secs(120))?;
             let (n, lost) = count_vault(env, &vault, &marker)?;
             for (c, n) in cells.iter_mut().zip(n) {
@@ -363,7 +468,11 @@ fn one(env: &Env, tool: Tool, round: u32) -> Result<([Cell; 3], u64)> {
         }
         Tool::Auditd => {
             let mut a = Auditd::start(&dir, &env.watched)?;
-            let mut cells = settled_storms(env, &marker)?;
+            let pids: Vec<u32> = [Some(a.pid()), kauditd_pid()]
+                .into_iter()
+                .flatten()
+                .collect();
+            let mut cells = settled_storms(env, &marker, &pids)?;
             let lost = a.finish()?;
             let n = count_audit_log(&a.log, &marker)?;
             for (c, n) in cells.iter_mut().zip(n) {
@@ -373,7 +482,7 @@ fn one(env: &Env, tool: Tool, round: u32) -> Result<([Cell; 3], u64)> {
         }
         Tool::Bpftrace => {
             let b = Bpftrace::start(&dir, &env.watched)?;
-            let mut cells = settled_storms(env, &marker)?;
+            let mut cells = settled_storms(env, &marker, &[b.pid()])?;
             let (text, lost) = b.finish()?;
             let n = count_bpftrace(&text);
             for (c, n) in cells.iter_mut().zip(n) {
@@ -417,8 +526,11 @@ pub fn run(bin: &Path, counts: StormCounts, rounds: u32) -> Result<StormResults>
                 .zip(&c)
                 .zip(exp)
                 .map(|((s, c), e)| match c.captured {
-                    Some(n) => format!("{s} {:.2}s ({n}/{e})", c.seconds),
-                    None => format!("{s} {:.2}s", c.seconds),
+                    Some(n) => format!(
+                        "{s} {:.2}s cpu {:.2}+{:.2}s ({n}/{e})",
+                        c.seconds, c.cpu, c.tool_cpu
+                    ),
+                    None => format!("{s} {:.2}s cpu {:.2}s", c.seconds, c.cpu),
                 })
                 .collect();
             println!(
@@ -436,7 +548,7 @@ pub fn run(bin: &Path, counts: StormCounts, rounds: u32) -> Result<StormResults>
         }
         out.push(Round { cells, lost });
     }
-    let closing = settled_storms(&env, "bench-closing")?;
+    let closing = settled_storms(&env, "bench-closing", &[])?;
     println!(
         "closing   none      exec {:.2}s, files {:.2}s, connect {:.2}s",
         closing[0].seconds, closing[1].seconds, closing[2].seconds
