@@ -10,7 +10,7 @@
 //! ~2 GB was cached, and the sink thread fell behind. Written window by window, started
 //! with `sync_file_range(WRITE)`, waited for once [`IN_FLIGHT`] more bytes followed and
 //! then `POSIX_FADV_DONTNEED`, the cache a segment holds stays under [`IN_FLIGHT`] plus
-//! two windows and the kernel time flat (README, "Measured"; docs/VAULT.md).
+//! two windows and the kernel time flat (docs/PERF-HISTORY.md; docs/VAULT.md).
 //!
 //! The bytes in flight are what absorbs a burst faster than the disk: the writer waits
 //! only for data that far behind its newest window, so a disk that is slower than the
