@@ -221,6 +221,18 @@ pub mod file_tail {
     pub const COUNT: u32 = 2;
 }
 
+/// Slots of the per-CPU `LOSS` counters: why a record never reached the ring.
+pub mod loss_slot {
+    /// The ring buffer was full (or the scratch buffer unavailable).
+    pub const RING: u32 = 0;
+    /// A file hook could not hand its arguments to the shared body (`FILE_ARGS` or the
+    /// `FILE_TAILS` tail call failed): counted once per hooked call, whether or not it
+    /// would have produced a record.
+    pub const HANDOFF: u32 = 1;
+    /// Slots in all.
+    pub const COUNT: u32 = 2;
+}
+
 /// Value for a credential or id the running kernel does not have (e.g. `loginuid` without
 /// CONFIG_AUDIT), as the kernel itself uses for "unset".
 pub const ID_UNKNOWN: u32 = u32::MAX;

@@ -13,6 +13,7 @@ use core::mem::size_of;
 use auditor_common::{
     ABI_VERSION, Header, LossCounter,
     limits::{TAIL_BUF, TAIL_WINDOW},
+    loss_slot,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns},
@@ -35,9 +36,10 @@ pub struct Scratch {
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// Records dropped because the ring buffer was full, per CPU.
+/// Records lost, per CPU and per reason ([`loss_slot`]): a full ring buffer, a failed
+/// hand-off from a file hook to the shared body.
 #[map(name = "LOSS")]
-static LOSS: PerCpuArray<LossCounter> = PerCpuArray::with_max_entries(1, 0);
+static LOSS: PerCpuArray<LossCounter> = PerCpuArray::with_max_entries(loss_slot::COUNT, 0);
 
 /// One scratch buffer per possible CPU; the loader sets `max_entries` to the CPU count.
 #[map(name = "SCRATCH")]
@@ -95,7 +97,8 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// The reader is woken when the waiting data crosses a multiple of this (a power of two);
-/// below it, its 5 ms poll collects the records. A wakeup per record cost a context
+/// below it, its 5 ms poll collects the records (or, when it is idle, the wakeup
+/// `READER_IDLE` asks for). A wakeup per record cost a context
 /// switch per event under a storm.
 const WAKE_BYTES: u64 = 256 << 10;
 
@@ -191,7 +194,8 @@ impl<T> Record<T> {
         // falls behind (its sink blocks) the backlog stays above the threshold for the
         // whole burst, and every record of every hook paid that (the ~3.3 µs "mean cost"
         // of the exit hooks in docs/BENCHMARKS.md was almost all this IPI). The reader
-        // drains everything each time it runs and polls every 5 ms anyway, so one wakeup
+        // drains everything each time it runs and polls every 5 ms while records keep
+        // coming (an idle reader asks for a wakeup through READER_IDLE), so one wakeup
         // per WAKE_BYTES of backlog is plenty; using every multiple (not only the first)
         // also covers two CPUs racing past the first one without either seeing it.
         let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
@@ -222,10 +226,16 @@ impl<T> Record<T> {
     }
 }
 
-/// Counts one record lost (`bytes` long, 0 when it was never built).
+/// Counts one record lost to a full ring (`bytes` long, 0 when it was never built).
 #[inline(always)]
 pub(crate) fn count_loss(bytes: u64) {
-    let Some(counter) = LOSS.get_ptr_mut(0) else {
+    count_loss_in(loss_slot::RING, bytes);
+}
+
+/// Counts one record lost for the reason `slot` ([`loss_slot`]) names.
+#[inline(always)]
+pub(crate) fn count_loss_in(slot: u32, bytes: u64) {
+    let Some(counter) = LOSS.get_ptr_mut(slot) else {
         return;
     };
     // SAFETY: per-CPU value owned by this CPU; helper without preconditions.

@@ -13,7 +13,7 @@
 use auditor_common::{
     FileEvent, SyscallResultEvent, file_op, file_tail, flags, kind,
     limits::{FILENAME_MAX, INFLIGHT_SLOTS},
-    watch_mode,
+    loss_slot, watch_mode,
 };
 use aya_ebpf::{
     helpers::{
@@ -88,9 +88,9 @@ fn inflight_take(tid: u32) -> Option<u32> {
 ///
 /// One body for every hook, rather than the body inlined into each: the verifier then
 /// checks the name copy, prefix match and path walk once, with arguments it cannot
-/// know, instead of once per hook with constants. Inlined into 16 syscall hooks and the
-/// io_uring one it took 0.30-0.97 s of verification each, most of the agent's start-up,
-/// and nothing is captured until the hooks are attached.
+/// know, instead of once per hook with constants. Inlined into 16 of the 17 syscall hooks
+/// and the io_uring one it took 0.30-0.97 s of verification each, most of the agent's
+/// start-up, and nothing is captured until the hooks are attached.
 #[map(name = "FILE_TAILS")]
 static FILE_TAILS: ProgramArray = ProgramArray::with_max_entries(file_tail::COUNT, 0);
 
@@ -536,7 +536,7 @@ pub(crate) fn file_entry(
     ring: Ring,
 ) {
     let Some(slot) = FILE_ARGS.get_ptr_mut(0) else {
-        crate::emit::count_loss(0);
+        crate::emit::count_loss_in(loss_slot::HANDOFF, 0);
         return;
     };
     let args = FileArgs {
@@ -558,7 +558,8 @@ pub(crate) fn file_entry(
         slot.write(args);
         let _ = FILE_TAILS.tail_call(ctx, file_tail::BODY);
     }
-    crate::emit::count_loss(0);
+    // Only reached when the tail call failed (an empty slot).
+    crate::emit::count_loss_in(loss_slot::HANDOFF, 0);
 }
 
 /// The body of every file hook: builds and emits the record for the arguments the hook

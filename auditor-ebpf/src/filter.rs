@@ -38,9 +38,9 @@ static WATCH_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 static WATCH_INODES: HashMap<InodeKey, u8> = HashMap::with_max_entries(WATCH_INODES_MAX, 0);
 
 /// The watch mode of the directory whose inode is `inode` on device `dev` (0 if not
-/// watched). The path walk reads the device once per mount (`path::dentry_dev`): every
-/// dentry reached through `d_parent` within a mount has the mount's superblock, so the
-/// two reads of `i_sb->s_dev` per component were always the same.
+/// watched). The path walk reads the device once per mount, from the mount's superblock
+/// (`path::mount_root_dev`): every dentry reached through `d_parent` within a mount has
+/// that superblock, so reading `i_sb->s_dev` per component was always the same value.
 #[inline(always)]
 pub fn inode_mode(inode: u64, dev: u64) -> u8 {
     if dev == DEV_UNKNOWN {

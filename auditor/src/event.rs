@@ -324,7 +324,9 @@ pub struct AgentStopping {
 /// Records the kernel could not deliver (ring buffer full), or that were lost elsewhere.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Loss {
-    /// Where the loss happened: "kernel_ring_buffer".
+    /// Where the loss happened: "kernel_ring_buffer" (full), "kernel_handoff" (a file
+    /// hook could not reach the shared body); with a remote vault also the agent's own
+    /// sources (docs/EVENTS.md).
     pub source: &'static str,
     /// Records lost in this window.
     pub records: u64,

@@ -208,8 +208,9 @@ pub async fn run(
                         break;
                     }
                 }
-                // Any record read may have been the one that disarmed READER_IDLE.
-                let wait = if read > 0 || arm_failed {
+                // Any record read may have been the one that disarmed READER_IDLE. A record
+                // still being written is coming too, and its commit may not wake us.
+                let wait = if read > 0 || arm_failed || ring.get_ref().record_in_progress() {
                     armed = false;
                     RING_POLL
                 } else if armed {
@@ -225,7 +226,7 @@ pub async fn run(
                                     break;
                                 }
                             }
-                            if read > 0 {
+                            if read > 0 || ring.get_ref().record_in_progress() {
                                 armed = false;
                                 RING_POLL
                             } else {
@@ -270,11 +271,12 @@ pub async fn run(
                 seq.resample();
                 asm.expire(clock::boot_now_ns(), &mut out);
                 match losses.poll() {
-                    Ok(Some(d)) => {
-                        opts.kernel_losses.store(d.total_records, std::sync::atomic::Ordering::Relaxed);
-                        out.push(loss_event(&seq, d));
+                    Ok(deltas) => {
+                        if !deltas.is_empty() {
+                            opts.kernel_losses.store(losses.total_records(), std::sync::atomic::Ordering::Relaxed);
+                        }
+                        out.extend(deltas.into_iter().map(|d| loss_event(&seq, d)));
                     }
-                    Ok(None) => {}
                     Err(e) => tracing::warn!("cannot read the kernel loss counters: {e}"),
                 }
             }
@@ -290,10 +292,12 @@ pub async fn run(
         let _ = send_all(&tx, &mut seq, &mut out).await;
     }
     asm.drain(&mut out);
-    if let Ok(Some(d)) = losses.poll() {
-        opts.kernel_losses
-            .store(d.total_records, std::sync::atomic::Ordering::Relaxed);
-        out.push(loss_event(&seq, d));
+    if let Ok(deltas) = losses.poll() {
+        if !deltas.is_empty() {
+            opts.kernel_losses
+                .store(losses.total_records(), std::sync::atomic::Ordering::Relaxed);
+        }
+        out.extend(deltas.into_iter().map(|d| loss_event(&seq, d)));
     }
     let _ = send_all(&tx, &mut seq, &mut out).await;
     if let Err(e) = &result {
@@ -374,7 +378,6 @@ fn reload(reloader: &mut Option<Reloader>, ebpf: &mut aya::Ebpf, asm: &mut Assem
     Body::AgentReload(ev)
 }
 
-/// Reads up to a batch of records; true when the ring is empty.
 /// Reads records until the ring is empty (returns true) or a batch is full (false);
 /// counts them into `read`.
 fn drain_ring(
@@ -422,7 +425,7 @@ fn loss_event(seq: &Sequencer, d: bpf::ring::LossDelta) -> Stamped {
     Stamped {
         boot_ns: d.last_boot_ns,
         body: Body::Loss(Loss {
-            source: "kernel_ring_buffer",
+            source: d.source,
             records: d.records,
             bytes: d.bytes,
             since: seq.time(d.first_boot_ns),

@@ -301,3 +301,65 @@ fn churn_outside_the_watched_trees_never_reaches_userspace() {
     assert!(leaked.is_empty(), "{leaked:?}");
     a.stop();
 }
+
+/// Python: finds the agent's one prog array (`FILE_TAILS`; its map ids are in
+/// /proc/AGENT/fdinfo), opens it by id and deletes slot `BODY` (1), as an attacker with
+/// CAP_BPF would to blind the file hooks.
+const EMPTY_BODY_SLOT: &str = r#"
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def bpf(cmd, attr):
+    buf = ctypes.create_string_buffer(attr, 128)
+    return libc.syscall(321, cmd, buf, 128)
+ids = []
+d = f"/proc/{sys.argv[1]}/fdinfo"
+for fd in os.listdir(d):
+    try:
+        lines = open(f"{d}/{fd}").read().splitlines()
+    except OSError:
+        continue
+    info = dict(l.split(":\t", 1) for l in lines if ":\t" in l)
+    if info.get("map_type", "").strip() == "3":
+        ids.append(int(info["map_id"]))
+if len(ids) != 1:
+    sys.exit(f"expected one prog array in the agent, found {ids}")
+fd = bpf(14, struct.pack("I", ids[0]))
+if fd < 0:
+    sys.exit(f"BPF_MAP_GET_FD_BY_ID: errno {ctypes.get_errno()}")
+key = ctypes.c_uint32(1)
+if bpf(3, struct.pack("IIQ", fd, 0, ctypes.addressof(key))) != 0:
+    sys.exit(f"BPF_MAP_DELETE_ELEM: errno {ctypes.get_errno()}")
+"#;
+
+#[test]
+fn an_emptied_tail_call_slot_is_reported_as_handoff_loss() {
+    let (dir, log) = setup("handoff");
+    let a = start(&dir);
+    let (pid, st) =
+        run(Command::new("python3").args(["-c", EMPTY_BODY_SLOT, &a.pid().to_string()]));
+    assert!(st.success(), "emptying FILE_TAILS[BODY] failed: {st:?}");
+    // The tampering itself is seen by the bpf(2) guard.
+    let g = a.wait_for("bpf map access", Duration::from_secs(20), |e| {
+        e["kind"] == "bpf" && e["pid"] == pid && e["action"] == "map_get_fd_by_id"
+    });
+    assert_eq!(g["targets_agent"], true);
+    assert_eq!(g["tamper"]["kind"], "agent_bpf_access");
+    // The file hooks can no longer reach their body: the rm is not recorded, but every
+    // hooked call is counted as lost, under its own source.
+    let (_, st) = run(Command::new("/bin/rm").arg(&log));
+    assert!(st.success());
+    let loss = a.wait_for("kernel_handoff loss", Duration::from_secs(20), |e| {
+        e["kind"] == "loss" && e["source"] == "kernel_handoff"
+    });
+    assert!(loss["records"].as_u64().unwrap() >= 1, "{loss}");
+    assert_eq!(loss["bytes"], 0);
+    assert!(loss["total_records"].as_u64().unwrap() >= loss["records"].as_u64().unwrap());
+    let ring = a.all(|e| e["kind"] == "loss" && e["source"] == "kernel_ring_buffer");
+    assert!(
+        ring.is_empty(),
+        "a hand-off failure is not a full ring: {ring:?}"
+    );
+    let seen = a.all(|e| e["kind"] == "delete" && e["path"] == log.as_str());
+    assert!(seen.is_empty(), "{seen:?}");
+    a.stop();
+}

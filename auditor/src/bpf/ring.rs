@@ -1,7 +1,7 @@
 //! The kernel -> user channel: the ring buffer, and the per-CPU loss counters that the
-//! programs bump when it is full.
+//! programs bump when a record cannot reach it.
 
-use auditor_common::{LossCounter, names};
+use auditor_common::{LossCounter, loss_slot, names};
 use aya::{
     Ebpf,
     maps::{Array, Map, MapData, PerCpuArray},
@@ -67,12 +67,22 @@ impl IdleFlag {
 /// Reads the kernel's per-CPU loss counters and reports what changed since last time.
 pub struct LossReader {
     map: PerCpuArray<MapData, LossCounter>,
-    last: Vec<LossCounter>,
+    /// Per slot of [`loss_slot`], the counters as last read.
+    last: [Vec<LossCounter>; loss_slot::COUNT as usize],
 }
 
-/// Losses newly counted since the previous poll.
+/// The `source` of a `loss` event for each slot of [`loss_slot`].
+const SOURCES: [(u32, &str); loss_slot::COUNT as usize] = [
+    (loss_slot::RING, "kernel_ring_buffer"),
+    (loss_slot::HANDOFF, "kernel_handoff"),
+];
+
+/// Losses newly counted since the previous poll, for one reason.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LossDelta {
+    /// Why: "kernel_ring_buffer" (full) or "kernel_handoff" (a file hook could not reach
+    /// the shared body).
+    pub source: &'static str,
     pub records: u64,
     pub bytes: u64,
     /// Earliest and latest drop among the CPUs that dropped (boot-clock ns).
@@ -80,7 +90,7 @@ pub struct LossDelta {
     pub last_boot_ns: u64,
     /// `(cpu, records)` for each CPU that dropped.
     pub per_cpu: Vec<(u32, u64)>,
-    /// Cumulative totals since load.
+    /// Cumulative totals since load, for this reason.
     pub total_records: u64,
     pub total_bytes: u64,
 }
@@ -96,20 +106,31 @@ impl LossReader {
         })?;
         Ok(Self {
             map,
-            last: Vec::new(),
+            last: Default::default(),
         })
     }
 
-    /// Polls the counters. `None` when nothing new was dropped.
-    pub fn poll(&mut self) -> Result<Option<LossDelta>, RingError> {
-        let values = self.map.get(&0, 0).map_err(|source| RingError::Map {
-            name: names::LOSS,
-            source,
-        })?;
-        let now: Vec<LossCounter> = values.iter().copied().collect();
-        let delta = diff(&self.last, &now);
-        self.last = now;
-        Ok(delta)
+    /// Polls the counters: what was newly dropped, per reason (empty when nothing was).
+    pub fn poll(&mut self) -> Result<Vec<LossDelta>, RingError> {
+        let mut out = Vec::new();
+        for ((slot, source), last) in SOURCES.iter().zip(self.last.iter_mut()) {
+            let values = self.map.get(slot, 0).map_err(|source| RingError::Map {
+                name: names::LOSS,
+                source,
+            })?;
+            let now: Vec<LossCounter> = values.iter().copied().collect();
+            if let Some(mut d) = diff(last, &now) {
+                d.source = source;
+                out.push(d);
+            }
+            *last = now;
+        }
+        Ok(out)
+    }
+
+    /// Records lost since load, for every reason, as of the last poll.
+    pub fn total_records(&self) -> u64 {
+        self.last.iter().flatten().map(|c| c.records).sum()
     }
 }
 
@@ -170,5 +191,15 @@ mod tests {
             (2, 40, 50, 5)
         );
         assert_eq!(diff(&[c(3, 10, 30)], &[c(3, 10, 30)]), None);
+    }
+
+    #[test]
+    fn every_loss_slot_has_its_own_source() {
+        for (i, (slot, source)) in SOURCES.iter().enumerate() {
+            assert_eq!(*slot as usize, i, "SOURCES is indexed like the slots");
+            assert!(source.starts_with("kernel_"));
+        }
+        assert_eq!(SOURCES.len(), loss_slot::COUNT as usize);
+        assert_ne!(SOURCES[0].1, SOURCES[1].1);
     }
 }

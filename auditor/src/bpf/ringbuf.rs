@@ -141,6 +141,14 @@ impl EventRing {
     pub fn next(&mut self) -> Option<Record<'_>> {
         self.cursor.next()
     }
+
+    /// True when the last `next` found nothing because the record at the head was still
+    /// being written. Its producer's commit wakes the reader only if it saw the reader
+    /// idle (records are otherwise committed with `BPF_RB_NO_WAKEUP`), so the caller must
+    /// look again soon rather than sleep as if the ring were empty.
+    pub fn record_in_progress(&self) -> bool {
+        self.cursor.stopped_at_busy
+    }
 }
 
 impl AsRawFd for EventRing {
@@ -209,6 +217,8 @@ struct Cursor {
     producer_cache: usize,
     /// A record that wraps around the end of the data, copied contiguous.
     wrapped: Vec<u8>,
+    /// The last `next` returned `None` at a record still being written.
+    stopped_at_busy: bool,
 }
 
 impl Cursor {
@@ -241,10 +251,12 @@ impl Cursor {
             mask: size - 1,
             producer_cache,
             wrapped: Vec::new(),
+            stopped_at_busy: false,
         }
     }
 
     fn next(&mut self) -> Option<Record<'_>> {
+        self.stopped_at_busy = false;
         loop {
             let p = &mut self.position;
             if p.pos == self.producer_cache {
@@ -264,7 +276,9 @@ impl Cursor {
             let header = unsafe { &*self.data.add(at).cast::<AtomicU32>() }.load(Ordering::Acquire);
             if header & BUSY_BIT != 0 {
                 if !p.settle() {
-                    return None; // its producer wakes us when it commits
+                    // Its commit may not wake us: see `EventRing::record_in_progress`.
+                    self.stopped_at_busy = true;
+                    return None;
                 }
                 continue; // look again, now that the producer sees our position
             }
@@ -397,6 +411,7 @@ mod tests {
         let busy = ring.produce(b"pending", BUSY_BIT);
         let mut c = ring.cursor();
         assert!(c.next().is_none(), "a busy record is not handed out");
+        assert!(c.stopped_at_busy, "and the caller is told one is coming");
         assert_eq!(
             ring.consumer.load(Ordering::Relaxed),
             16,
@@ -404,7 +419,12 @@ mod tests {
         );
         ring.commit(busy, 7);
         assert_eq!(&*c.next().unwrap(), b"pending");
+        assert!(!c.stopped_at_busy);
         assert!(c.next().is_none());
+        assert!(
+            !c.stopped_at_busy,
+            "an empty ring is not a record in progress"
+        );
     }
 
     #[test]
