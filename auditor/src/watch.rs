@@ -201,46 +201,28 @@ pub async fn run(
                 break Ok(());
             }
             _ = tokio::time::sleep_until(next_poll) => {
-                // Everything waiting, in batches handed to the sinks as they fill.
-                let mut read = 0;
-                while !drain_ring(ring.get_mut(), &mut asm, &mut out, &mut read) {
-                    if send_all(&tx, &mut seq, &mut out).await.is_err() {
-                        break;
-                    }
-                }
-                // Any record read may have been the one that disarmed READER_IDLE. A record
-                // still being written is coming too, and its commit may not wake us.
-                let wait = if read > 0 || arm_failed || ring.get_ref().record_in_progress() {
-                    armed = false;
-                    RING_POLL
-                } else if armed {
-                    IDLE_POLL
-                } else {
+                // Records are coming when any was read (it may have been the one that
+                // disarmed READER_IDLE) or one is still being written (its commit may
+                // not wake us).
+                let mut coming = drain_all(ring.get_mut(), &mut asm, &mut out, &tx, &mut seq).await;
+                if !coming && !armed && !arm_failed {
                     match idle.arm() {
                         Ok(()) => {
                             armed = true;
                             // A record written while the flag was being set did not see
                             // it: read once more.
-                            while !drain_ring(ring.get_mut(), &mut asm, &mut out, &mut read) {
-                                if send_all(&tx, &mut seq, &mut out).await.is_err() {
-                                    break;
-                                }
-                            }
-                            if read > 0 || ring.get_ref().record_in_progress() {
-                                armed = false;
-                                RING_POLL
-                            } else {
-                                IDLE_POLL
-                            }
+                            coming = drain_all(ring.get_mut(), &mut asm, &mut out, &tx, &mut seq).await;
                         }
                         Err(e) => {
                             tracing::warn!("cannot arm the ring wakeup, polling every {RING_POLL:?}: {e}");
                             arm_failed = true;
-                            RING_POLL
                         }
                     }
-                };
-                next_poll = tokio::time::Instant::now() + wait;
+                }
+                if coming {
+                    armed = false;
+                }
+                next_poll = tokio::time::Instant::now() + if armed { IDLE_POLL } else { RING_POLL };
             }
             _ = hup.recv() => {
                 let body = reload(&mut opts.reload, &mut ebpf, &mut asm);
@@ -270,14 +252,8 @@ pub async fn run(
                 }
                 seq.resample();
                 asm.expire(clock::boot_now_ns(), &mut out);
-                match losses.poll() {
-                    Ok(deltas) => {
-                        if !deltas.is_empty() {
-                            opts.kernel_losses.store(losses.total_records(), std::sync::atomic::Ordering::Relaxed);
-                        }
-                        out.extend(deltas.into_iter().map(|d| loss_event(&seq, d)));
-                    }
-                    Err(e) => tracing::warn!("cannot read the kernel loss counters: {e}"),
+                if let Err(e) = push_losses(&mut losses, &opts.kernel_losses, &seq, &mut out) {
+                    tracing::warn!("cannot read the kernel loss counters: {e}");
                 }
             }
         }
@@ -292,13 +268,7 @@ pub async fn run(
         let _ = send_all(&tx, &mut seq, &mut out).await;
     }
     asm.drain(&mut out);
-    if let Ok(deltas) = losses.poll() {
-        if !deltas.is_empty() {
-            opts.kernel_losses
-                .store(losses.total_records(), std::sync::atomic::Ordering::Relaxed);
-        }
-        out.extend(deltas.into_iter().map(|d| loss_event(&seq, d)));
-    }
+    let _ = push_losses(&mut losses, &opts.kernel_losses, &seq, &mut out);
     let _ = send_all(&tx, &mut seq, &mut out).await;
     if let Err(e) = &result {
         reason = format!("error: {e}");
@@ -406,6 +376,40 @@ fn drain_ring(
         }
     }
     true
+}
+
+/// Drains the ring, handing full batches to the sinks as they fill (until the sinks are
+/// gone). True when records are coming: some were read, or one is still being written.
+async fn drain_all(
+    ring: &mut bpf::ringbuf::EventRing,
+    asm: &mut Assembler,
+    out: &mut Vec<Stamped>,
+    tx: &mpsc::Sender<Vec<Event>>,
+    seq: &mut Sequencer,
+) -> bool {
+    let mut read = 0;
+    while !drain_ring(ring, asm, out, &mut read) {
+        if send_all(tx, seq, out).await.is_err() {
+            break;
+        }
+    }
+    read > 0 || ring.record_in_progress()
+}
+
+/// Turns what the kernel's loss counters newly show into `loss` events, and publishes
+/// the total for the metrics and the vault heartbeat.
+fn push_losses(
+    losses: &mut LossReader,
+    total: &std::sync::atomic::AtomicU64,
+    seq: &Sequencer,
+    out: &mut Vec<Stamped>,
+) -> Result<(), bpf::ring::RingError> {
+    let deltas = losses.poll()?;
+    if !deltas.is_empty() {
+        total.store(losses.total_records(), std::sync::atomic::Ordering::Relaxed);
+    }
+    out.extend(deltas.into_iter().map(|d| loss_event(seq, d)));
+    Ok(())
 }
 
 async fn send_all(

@@ -35,6 +35,15 @@ pub fn take_ring(ebpf: &mut Ebpf) -> Result<EventRing, RingError> {
     Ok(EventRing::new(data)?)
 }
 
+/// Takes map `name` out of the loaded object as the typed map `M`.
+fn take_typed<M: TryFrom<Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<M, RingError> {
+    let map = ebpf.take_map(name).ok_or(RingError::MissingMap(name))?;
+    M::try_from(map).map_err(|source| RingError::Map { name, source })
+}
+
 /// The reader's "I sleep now" flag (`READER_IDLE`): armed, the next record the programs
 /// write wakes the reader, and they disarm it.
 pub struct IdleFlag {
@@ -43,14 +52,9 @@ pub struct IdleFlag {
 
 impl IdleFlag {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, RingError> {
-        let map = ebpf
-            .take_map(names::READER_IDLE)
-            .ok_or(RingError::MissingMap(names::READER_IDLE))?;
-        let map = Array::try_from(map).map_err(|source| RingError::Map {
-            name: names::READER_IDLE,
-            source,
-        })?;
-        Ok(Self { map })
+        Ok(Self {
+            map: take_typed(ebpf, names::READER_IDLE)?,
+        })
     }
 
     /// Asks the programs to wake the reader for the next record. The caller drains the
@@ -97,15 +101,8 @@ pub struct LossDelta {
 
 impl LossReader {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, RingError> {
-        let map = ebpf
-            .take_map(names::LOSS)
-            .ok_or(RingError::MissingMap(names::LOSS))?;
-        let map = PerCpuArray::try_from(map).map_err(|source| RingError::Map {
-            name: names::LOSS,
-            source,
-        })?;
         Ok(Self {
-            map,
+            map: take_typed(ebpf, names::LOSS)?,
             last: Default::default(),
         })
     }

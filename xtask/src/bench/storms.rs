@@ -96,14 +96,29 @@ impl StormResults {
     /// untraced run that opens the round and the one that opens the next (or the closing
     /// one), so that slow drifts of the machine's load cancel out.
     pub fn baseline(&self, round: usize, storm: usize) -> f64 {
-        let first = self.rounds[round].cells[0][storm].seconds;
+        self.bracket(round, storm, |c| c.seconds)
+    }
+
+    /// The mean of `of` over the untraced runs bracketing `round` (see [`Self::baseline`]).
+    fn bracket(&self, round: usize, storm: usize, of: impl Fn(&Cell) -> f64) -> f64 {
+        let first = of(&self.rounds[round].cells[0][storm]);
         let next = self
             .rounds
             .get(round + 1)
-            .map(|r| r.cells[0][storm].seconds)
-            .or(self.closing.as_ref().map(|c| c[storm].seconds))
+            .map(|r| of(&r.cells[0][storm]))
+            .or(self.closing.as_ref().map(|c| of(&c[storm])))
             .unwrap_or(first);
         (first + next) / 2.0
+    }
+
+    /// Median over rounds of `of` of a tool's runs.
+    fn median_of(&self, tool: Tool, storm: usize, of: impl Fn(&Cell) -> f64) -> f64 {
+        let v: Vec<f64> = self
+            .rounds
+            .iter()
+            .map(|r| of(&r.cells[tool as usize][storm]))
+            .collect();
+        median(&v)
     }
 
     /// Median over rounds of (traced time / bracketing untraced time).
@@ -136,61 +151,33 @@ impl StormResults {
     /// in it); it leaves out work the kernel does elsewhere on the storm's behalf
     /// (journal commits, RCU callbacks).
     pub fn cpu_ratio(&self, tool: Tool, storm: usize) -> f64 {
-        median(
-            &self
-                .cpu_ratios(tool, storm)
-                .map(|(all, _)| all)
-                .collect::<Vec<_>>(),
-        )
+        self.cpu_ratio_of(tool, storm, |c| c.cpu + c.tool_cpu)
     }
 
     /// Median over rounds of the storm's own CPU against the untraced runs' (the hooks'
     /// share of the cost, without the tool's processes).
     pub fn own_cpu_ratio(&self, tool: Tool, storm: usize) -> f64 {
-        median(
-            &self
-                .cpu_ratios(tool, storm)
-                .map(|(_, own)| own)
-                .collect::<Vec<_>>(),
-        )
+        self.cpu_ratio_of(tool, storm, |c| c.cpu)
     }
 
-    fn cpu_ratios(&self, tool: Tool, storm: usize) -> impl Iterator<Item = (f64, f64)> + '_ {
-        let t = tool as usize;
-        (0..self.rounds.len()).map(move |r| {
-            let first = self.rounds[r].cells[0][storm].cpu;
-            let next = self
-                .rounds
-                .get(r + 1)
-                .map(|n| n.cells[0][storm].cpu)
-                .or(self.closing.as_ref().map(|c| c[storm].cpu))
-                .unwrap_or(first);
-            let base = (first + next) / 2.0;
-            let c = &self.rounds[r].cells[t][storm];
-            ((c.cpu + c.tool_cpu) / base, c.cpu / base)
-        })
-    }
-
-    /// Median CPU seconds of a tool's storm runs (storm and tool together).
-    pub fn median_cpu(&self, tool: Tool, storm: usize) -> f64 {
-        let v: Vec<f64> = self
-            .rounds
-            .iter()
+    /// Median over rounds of `of` of the tool's run against the bracketing untraced
+    /// runs' CPU.
+    fn cpu_ratio_of(&self, tool: Tool, storm: usize, of: impl Fn(&Cell) -> f64) -> f64 {
+        let v: Vec<f64> = (0..self.rounds.len())
             .map(|r| {
-                let c = &r.cells[tool as usize][storm];
-                c.cpu + c.tool_cpu
+                of(&self.rounds[r].cells[tool as usize][storm]) / self.bracket(r, storm, |c| c.cpu)
             })
             .collect();
         median(&v)
     }
 
+    /// Median CPU seconds of a tool's storm runs (storm and tool together).
+    pub fn median_cpu(&self, tool: Tool, storm: usize) -> f64 {
+        self.median_of(tool, storm, |c| c.cpu + c.tool_cpu)
+    }
+
     pub fn median_seconds(&self, tool: Tool, storm: usize) -> f64 {
-        let v: Vec<f64> = self
-            .rounds
-            .iter()
-            .map(|r| r.cells[tool as usize][storm].seconds)
-            .collect();
-        median(&v)
+        self.median_of(tool, storm, |c| c.seconds)
     }
 
     /// (smallest captured over rounds, expected) for a tracer and storm.
