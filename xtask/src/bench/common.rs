@@ -176,7 +176,12 @@ pub fn median(v: &[f64]) -> f64 {
     }
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -1,5 +1,5 @@
 //! Benchmarks. Figures are ratios measured side by side in one run, rounds interleaved
-//! (baseline, auditor, auditd, bpftrace, baseline, ...), medians reported: these machines
+//! (baseline, auditor, baseline, auditd, baseline, bpftrace, baseline, ...), medians reported: these machines
 //! are shared and noisy, so absolute times mean little.
 //!
 //! `cargo xtask bench` (= `bench all`) runs everything and rewrites docs/BENCHMARKS.md and

@@ -88,8 +88,8 @@ pub fn markdown(a: &All) -> String {
          The machine is shared and noisy (other people compile and run tests on it while this \
          runs, and another engineer's auditor may be tracing the whole machine meanwhile), so \
          absolute times mean little: each figure is a ratio against the untraced runs that \
-         bracket it (the mean of the untraced run opening its round and the one opening the \
-         next), rounds interleaved (none, auditor, auditd, bpftrace, none, …, none), every \
+         bracket it (the mean of the untraced runs right before and right after it), rounds \
+         interleaved (none, auditor, none, auditd, none, bpftrace, none, …, none), every \
          measurement (untraced ones too) starting after a `sync` and a 2 s pause so that the \
          previous tool's teardown does not land in it, and the median over rounds is \
          reported. Differences of a few percent are within the noise: \

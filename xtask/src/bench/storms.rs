@@ -28,7 +28,6 @@ pub enum Tool {
 }
 
 impl Tool {
-    pub const ALL: [Tool; 4] = [Tool::None, Tool::Auditor, Tool::Auditd, Tool::Bpftrace];
     pub const TRACERS: [Tool; 3] = [Tool::Auditor, Tool::Auditd, Tool::Bpftrace];
     pub fn name(self) -> &'static str {
         match self {
@@ -75,8 +74,11 @@ pub struct Cell {
 }
 
 pub struct Round {
-    /// [tool][storm]
+    /// [tool][storm]; `cells[0]` is the untraced run that opens the round (`before[0]`).
     pub cells: [[Cell; 3]; 4],
+    /// [tracer][storm]: the untraced run right before each tracer's (`Tool::TRACERS`
+    /// order), so that each traced run has an untraced one on either side of it.
+    pub before: [[Cell; 3]; 3],
     /// Loss the tool reported over the whole round (auditor loss records, auditd `lost`,
     /// bpftrace "Lost N events").
     pub lost: [u64; 4],
@@ -92,32 +94,42 @@ pub struct StormResults {
 }
 
 impl StormResults {
-    /// The untraced time a round's traced runs are compared with: the mean of the
-    /// untraced run that opens the round and the one that opens the next (or the closing
-    /// one), so that slow drifts of the machine's load cancel out.
-    pub fn baseline(&self, round: usize, storm: usize) -> f64 {
-        self.bracket(round, storm, |c| c.seconds)
+    /// The untraced wall time `tool`'s run in `round` is compared with: the mean of the
+    /// untraced runs right before and right after it (the next tracer's `before`, or the
+    /// next round's first, or the closing one), so that drifts of the machine's load
+    /// over the minutes a round takes cancel out.
+    pub fn baseline(&self, tool: Tool, round: usize, storm: usize) -> f64 {
+        self.bracket(tool, round, storm, |c| c.seconds)
     }
 
-    /// The mean of `of` over the untraced runs bracketing `round` (see [`Self::baseline`]).
-    fn bracket(&self, round: usize, storm: usize, of: impl Fn(&Cell) -> f64) -> f64 {
-        let first = of(&self.rounds[round].cells[0][storm]);
-        let next = self
-            .rounds
-            .get(round + 1)
-            .map(|r| of(&r.cells[0][storm]))
-            .or(self.closing.as_ref().map(|c| of(&c[storm])))
-            .unwrap_or(first);
-        (first + next) / 2.0
+    fn bracket(&self, tool: Tool, round: usize, storm: usize, of: impl Fn(&Cell) -> f64) -> f64 {
+        let k = Tool::TRACERS.iter().position(|&t| t == tool).unwrap_or(0);
+        let r = &self.rounds[round];
+        let first = of(&r.before[k][storm]);
+        let next = if k + 1 < r.before.len() {
+            Some(of(&r.before[k + 1][storm]))
+        } else {
+            self.rounds
+                .get(round + 1)
+                .map(|n| of(&n.before[0][storm]))
+                .or(self.closing.as_ref().map(|c| of(&c[storm])))
+        };
+        (first + next.unwrap_or(first)) / 2.0
     }
 
-    /// Median over rounds of `of` of a tool's runs.
     fn median_of(&self, tool: Tool, storm: usize, of: impl Fn(&Cell) -> f64) -> f64 {
-        let v: Vec<f64> = self
-            .rounds
-            .iter()
-            .map(|r| of(&r.cells[tool as usize][storm]))
-            .collect();
+        let v: Vec<f64> = if tool == Tool::None {
+            // Every untraced run, not only the one opening each round.
+            self.rounds
+                .iter()
+                .flat_map(|r| r.before.iter().map(|b| of(&b[storm])))
+                .collect()
+        } else {
+            self.rounds
+                .iter()
+                .map(|r| of(&r.cells[tool as usize][storm]))
+                .collect()
+        };
         median(&v)
     }
 
@@ -129,7 +141,7 @@ impl StormResults {
     pub fn ratios(&self, tool: Tool, storm: usize) -> Vec<f64> {
         let t = tool as usize;
         (0..self.rounds.len())
-            .map(|r| self.rounds[r].cells[t][storm].seconds / self.baseline(r, storm))
+            .map(|r| self.rounds[r].cells[t][storm].seconds / self.baseline(tool, r, storm))
             .collect()
     }
 
@@ -138,7 +150,7 @@ impl StormResults {
         let v = self
             .rounds
             .iter()
-            .map(|r| r.cells[0][storm].seconds)
+            .flat_map(|r| r.before.iter().map(move |b| b[storm].seconds))
             .chain(self.closing.as_ref().map(|c| c[storm].seconds));
         v.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
             (lo.min(x), hi.max(x))
@@ -165,7 +177,8 @@ impl StormResults {
     fn cpu_ratio_of(&self, tool: Tool, storm: usize, of: impl Fn(&Cell) -> f64) -> f64 {
         let v: Vec<f64> = (0..self.rounds.len())
             .map(|r| {
-                of(&self.rounds[r].cells[tool as usize][storm]) / self.bracket(r, storm, |c| c.cpu)
+                of(&self.rounds[r].cells[tool as usize][storm])
+                    / self.bracket(tool, r, storm, |c| c.cpu)
             })
             .collect();
         median(&v)
@@ -482,6 +495,28 @@ fn one(env: &Env, tool: Tool, round: u32) -> Result<([Cell; 3], u64)> {
     Ok(res)
 }
 
+/// One line per run: each storm's time and CPU, what the tool captured, its loss.
+fn print_run(round: u32, tool: Tool, cells: &[Cell; 3], lost: u64, expected: [u64; 3]) {
+    let shown: Vec<String> = STORMS
+        .iter()
+        .zip(cells)
+        .zip(expected)
+        .map(|((s, c), e)| match c.captured {
+            Some(n) => format!(
+                "{s} {:.2}s cpu {:.2}+{:.2}s ({n}/{e})",
+                c.seconds, c.cpu, c.tool_cpu
+            ),
+            None => format!("{s} {:.2}s cpu {:.2}s", c.seconds, c.cpu),
+        })
+        .collect();
+    let lost = if lost > 0 {
+        format!(", LOST {lost}")
+    } else {
+        String::new()
+    };
+    println!("round {round} {:9} {}{lost}", tool.name(), shown.join(", "));
+}
+
 pub fn run(bin: &Path, counts: StormCounts, rounds: u32) -> Result<StormResults> {
     ensure_auditd()?;
     ensure_bpftrace()?;
@@ -502,38 +537,30 @@ pub fn run(bin: &Path, counts: StormCounts, rounds: u32) -> Result<StormResults>
     let mut out = Vec::new();
     for round in 0..rounds {
         let mut cells: [[Cell; 3]; 4] = Default::default();
+        let mut before: [[Cell; 3]; 3] = Default::default();
         let mut lost = [0u64; 4];
-        for tool in Tool::ALL {
-            check_interrupted()?;
-            let (c, l) = one(&env, tool, round)
-                .with_context(|| format!("round {round}, {}", tool.name()))?;
-            let exp = counts.expected();
-            let shown: Vec<String> = STORMS
-                .iter()
-                .zip(&c)
-                .zip(exp)
-                .map(|((s, c), e)| match c.captured {
-                    Some(n) => format!(
-                        "{s} {:.2}s cpu {:.2}+{:.2}s ({n}/{e})",
-                        c.seconds, c.cpu, c.tool_cpu
-                    ),
-                    None => format!("{s} {:.2}s cpu {:.2}s", c.seconds, c.cpu),
-                })
-                .collect();
-            println!(
-                "round {round} {:9} {}{}",
-                tool.name(),
-                shown.join(", "),
-                if l > 0 {
-                    format!(", LOST {l}")
+        // none, auditor, none, auditd, none, bpftrace; the next round's (or the closing)
+        // none follows: every traced run between two untraced ones.
+        for (k, tracer) in Tool::TRACERS.into_iter().enumerate() {
+            for tool in [Tool::None, tracer] {
+                check_interrupted()?;
+                let (c, l) = one(&env, tool, round)
+                    .with_context(|| format!("round {round}, {}", tool.name()))?;
+                print_run(round, tool, &c, l, counts.expected());
+                if tool == Tool::None {
+                    before[k] = c;
                 } else {
-                    String::new()
+                    cells[tool as usize] = c;
+                    lost[tool as usize] = l;
                 }
-            );
-            cells[tool as usize] = c;
-            lost[tool as usize] = l;
+            }
         }
-        out.push(Round { cells, lost });
+        cells[0] = before[0].clone();
+        out.push(Round {
+            cells,
+            before,
+            lost,
+        });
     }
     let closing = settled_storms(&env, "bench-closing", &[])?;
     println!(
@@ -657,4 +684,67 @@ fn read_prog_stats(pid: u32) -> Result<Vec<(String, u64, f64)>> {
         out.push((name, cnt, ns as f64 / cnt as f64));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cells(secs: f64) -> [Cell; 3] {
+        std::array::from_fn(|i| Cell {
+            seconds: secs + i as f64,
+            cpu: secs / 2.0,
+            ..Cell::default()
+        })
+    }
+
+    fn round(before: [f64; 3], traced: [f64; 3]) -> Round {
+        let mut c: [[Cell; 3]; 4] = Default::default();
+        c[0] = cells(before[0]);
+        for (k, t) in traced.iter().enumerate() {
+            c[k + 1] = cells(*t);
+        }
+        Round {
+            cells: c,
+            before: before.map(cells),
+            lost: [0; 4],
+        }
+    }
+
+    #[test]
+    fn each_traced_run_is_compared_with_the_untraced_runs_on_either_side() {
+        let st = StormResults {
+            counts: StormCounts {
+                execs: 1,
+                files: 1,
+                connects: 1,
+            },
+            rounds: vec![
+                round([10.0, 12.0, 14.0], [11.0, 26.0, 30.0]),
+                round([16.0, 18.0, 20.0], [17.0, 38.0, 42.0]),
+            ],
+            closing: Some(cells(22.0)),
+            hooks: Vec::new(),
+        };
+        // Auditor between before[0] and before[1] of its round.
+        assert_eq!(st.baseline(Tool::Auditor, 0, 0), 11.0);
+        // Auditd between before[1] and before[2].
+        assert_eq!(st.baseline(Tool::Auditd, 0, 0), 13.0);
+        // bpftrace between before[2] and the next round's first untraced run...
+        assert_eq!(st.baseline(Tool::Bpftrace, 0, 0), 15.0);
+        // ...or, in the last round, the closing one.
+        assert_eq!(st.baseline(Tool::Bpftrace, 1, 0), 21.0);
+        // Per storm: the second storm's cells are one second longer.
+        assert_eq!(st.baseline(Tool::Auditor, 1, 1), 18.0);
+        assert_eq!(st.ratios(Tool::Auditor, 0), vec![1.0, 1.0]);
+        assert_eq!(st.ratios(Tool::Auditd, 1), vec![27.0 / 14.0, 39.0 / 20.0]);
+        // CPU brackets the same way (cpu = secs / 2 in every storm).
+        assert_eq!(
+            st.own_cpu_ratio(Tool::Auditd, 0),
+            (13.0 / 6.5 + 19.0 / 9.5) / 2.0
+        );
+        // The untraced spread and median cover every untraced run.
+        assert_eq!(st.untraced_spread(0), (10.0, 22.0));
+        assert_eq!(st.median_seconds(Tool::None, 0), 15.0);
+    }
 }
