@@ -174,6 +174,8 @@ pub mod limits {
     pub const WATCH_PREFIXES_MAX: u32 = 64;
     /// Longest watched prefix, bytes.
     pub const PREFIX_LEN_MAX: usize = 256;
+    /// Slots of [`super::PrefixHeads`].
+    pub const PREFIX_HEADS: usize = 16;
     /// Watched directories identified by (device, inode) for relative names.
     pub const WATCH_INODES_MAX: u32 = 4096;
     /// Pending io_uring requests with an emitted entry.
@@ -199,6 +201,7 @@ pub mod names {
     /// The file hooks' tail-call targets, slots in [`super::file_tail`].
     pub const FILE_TAILS: &str = "FILE_TAILS";
     pub const WATCH_COUNT: &str = "WATCH_COUNT";
+    pub const WATCH_HEADS: &str = "WATCH_HEADS";
     pub const IOURING_INFLIGHT: &str = "IOURING_INFLIGHT";
     /// The program in `FILE_TAILS` slot [`super::file_tail::PART2`].
     pub const RENAME_PART2_PROG: &str = "file_rename_part2";
@@ -448,6 +451,21 @@ pub struct WatchPrefix {
     pub bytes: [u8; limits::PREFIX_LEN_MAX],
 }
 
+/// The watched prefixes' first eight bytes, for a test that rejects most names outside
+/// the watched trees before the compare with every prefix: a name can lie under a
+/// prefix only if `name_word & mask[i] == word[i]` for some slot `i`, where `name_word`
+/// is the name's first eight bytes read as a little-endian u64 (whatever follows a
+/// shorter name is outside every mask that could match it). The loader fills it
+/// (`watchlist::prefix_heads`): prefixes whose head is implied by another's share its
+/// slot; unused slots match no absolute name; with more distinct heads than slots, slot
+/// 0 matches every name. An all-zero value (never written) matches every name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixHeads {
+    pub word: [u64; limits::PREFIX_HEADS],
+    pub mask: [u64; limits::PREFIX_HEADS],
+}
+
 /// Key of a watched directory: `super_block.s_dev` and inode number.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -582,6 +600,7 @@ const _: () = {
     assert!(size_of::<SyscallResultEvent>() == 48);
     assert!(size_of::<WatchPrefix>() == 8 + limits::PREFIX_LEN_MAX);
     assert!(size_of::<InodeKey>() == 16);
+    assert!(size_of::<PrefixHeads>() == 16 * limits::PREFIX_HEADS);
     // Every tail region fits the slack after a masked offset.
     assert!((limits::ARGV_BYTES_MAX as usize) < limits::TAIL_SLACK);
     assert!(
@@ -604,6 +623,8 @@ mod pod {
     unsafe impl aya::Pod for crate::offsets::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::WatchPrefix {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PrefixHeads {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::InodeKey {}
 }

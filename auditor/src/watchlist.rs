@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use auditor_common::{InodeKey, WatchPrefix, limits, watch_mode};
+use auditor_common::{InodeKey, PrefixHeads, WatchPrefix, limits, watch_mode};
 
 /// Shell and REPL history files, relative to a home directory.
 pub const HISTORY_FILES: &[&str] = &[
@@ -322,6 +322,54 @@ pub enum Scope {
     History,
 }
 
+/// The kernel's quick test of a name's first eight bytes against the prefixes'
+/// ([`PrefixHeads`]).
+pub fn prefix_heads(prefixes: &[WatchPrefix]) -> PrefixHeads {
+    let head = |p: &WatchPrefix| {
+        let n = (p.len as usize).min(8).min(p.bytes.len());
+        let mut b = [0u8; 8];
+        b[..n].copy_from_slice(&p.bytes[..n]);
+        let mask = if n == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * n)) - 1
+        };
+        (u64::from_le_bytes(b) & mask, mask)
+    };
+    // Shortest first, so that a head implied by a kept one comes after it: one whose
+    // mask covers the kept one's and agrees with it there passes only names that one
+    // passes.
+    let mut all: Vec<(u64, u64)> = prefixes.iter().map(head).collect();
+    all.sort_by_key(|&(_, m)| m.count_ones());
+    let mut kept: Vec<(u64, u64)> = Vec::new();
+    for (w, m) in all {
+        if !kept.iter().any(|&(kw, km)| km & m == km && w & km == kw) {
+            kept.push((w, m));
+        }
+    }
+    // '/' is the first byte of every absolute name; this word's first byte is not.
+    let mut h = PrefixHeads {
+        word: [0; limits::PREFIX_HEADS],
+        mask: [0xff; limits::PREFIX_HEADS],
+    };
+    if kept.len() > limits::PREFIX_HEADS {
+        h.mask[0] = 0;
+        return h;
+    }
+    for (i, (w, m)) in kept.into_iter().enumerate() {
+        h.word[i] = w;
+        h.mask[i] = m;
+    }
+    h
+}
+
+/// False when the name whose first eight bytes are `name_word` lies under no prefix:
+/// the kernel's test (`auditor-ebpf/src/filter.rs`).
+#[cfg(test)]
+fn heads_may_match(h: &PrefixHeads, name_word: u64) -> bool {
+    h.word.iter().zip(&h.mask).any(|(w, m)| name_word & m == *w)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -378,6 +426,100 @@ mod tests {
         assert_eq!(w.inodes.get(&var), Some(&watch_mode::ANCESTOR));
         let root_home = inode_of(Path::new("/root")).unwrap();
         assert_eq!(w.inodes.get(&root_home), Some(&watch_mode::ENTRIES));
+    }
+
+    /// The name's first eight bytes as the kernel reads them from its scratch buffer: the
+    /// name, its NUL, then whatever an earlier record left there (`stale`).
+    fn first_word(name: &str, stale: &[u8]) -> u64 {
+        let mut b: Vec<u8> = name
+            .bytes()
+            .chain([0])
+            .chain(stale.iter().copied())
+            .collect();
+        b.resize(8.max(b.len()), 0xa5);
+        u64::from_le_bytes(b[..8].try_into().unwrap())
+    }
+
+    fn prefix(p: &str) -> WatchPrefix {
+        let mut bytes = [0u8; limits::PREFIX_LEN_MAX];
+        bytes[..p.len()].copy_from_slice(p.as_bytes());
+        WatchPrefix {
+            len: p.len() as u32,
+            mode: u32::from(watch_mode::TREE),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn prefix_heads_reject_names_outside_every_prefix() {
+        let w = WatchList::build(
+            &[PathBuf::from("/var/log")],
+            &[PathBuf::from("/root")],
+            MOUNTINFO,
+        )
+        .unwrap();
+        let h = prefix_heads(&w.kernel_prefixes());
+        for name in [
+            "/usr/lib/x.so",
+            "/tmp/a",
+            "/proc/1/stat",
+            "/var/lib/dpkg/lock",
+        ] {
+            assert!(!heads_may_match(&h, first_word(name, b"stale")), "{name}");
+        }
+        for name in [
+            "/var/log/auth.log",
+            "/mnt/logs/syslog",
+            "/srv/var/log/x",
+            "/root/.bash_history",
+            "/root/.local/share/fish/fish_history",
+        ] {
+            assert!(heads_may_match(&h, first_word(name, b"stale")), "{name}");
+        }
+        // /root/.local/share/fish's head is implied by /root's: one slot for both.
+        let used = h.mask.iter().filter(|&&m| m != 0xff).count();
+        assert_eq!(used, w.kernel_prefixes().len() - 1);
+        // More distinct heads than slots: every name goes to the full compare.
+        let many: Vec<WatchPrefix> = (0..=limits::PREFIX_HEADS)
+            .map(|i| prefix(&format!("/w{i:02}")))
+            .collect();
+        assert!(heads_may_match(
+            &prefix_heads(&many),
+            first_word("/usr", b"")
+        ));
+        // No prefixes: nothing matches; "/" watches everything; never-written heads
+        // send every name to the full compare.
+        assert!(!heads_may_match(&prefix_heads(&[]), first_word("/", b"")));
+        assert!(heads_may_match(
+            &prefix_heads(&[prefix("/")]),
+            first_word("/x", b"")
+        ));
+        let unwritten = PrefixHeads {
+            word: [0; limits::PREFIX_HEADS],
+            mask: [0; limits::PREFIX_HEADS],
+        };
+        assert!(heads_may_match(&unwritten, first_word("/x", b"")));
+    }
+
+    proptest::proptest! {
+        /// Whatever the prefixes and the stale bytes after a name, a name the kernel's full
+        /// compare would match is never rejected by the heads.
+        #[test]
+        fn prefix_heads_never_reject_a_watched_name(
+            prefixes in proptest::collection::vec("/[ab/]{0,11}", 1..=limits::PREFIX_HEADS + 4),
+            name in "/[ab/]{0,14}",
+            stale in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+        ) {
+            let ps: Vec<WatchPrefix> = prefixes.iter().map(|p| prefix(p)).collect();
+            let h = prefix_heads(&ps);
+            let under = prefixes.iter().any(|p| {
+                name.starts_with(p.as_str())
+                    && (p == "/" || name.len() == p.len() || name.as_bytes()[p.len()] == b'/')
+            });
+            if under {
+                proptest::prop_assert!(heads_may_match(&h, first_word(&name, &stale)));
+            }
+        }
     }
 
     #[test]

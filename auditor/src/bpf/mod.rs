@@ -357,9 +357,8 @@ fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Writes the watched prefixes and inodes into the kernel filter's maps.
-/// Writes the watch list into the kernel maps: the prefixes, then their count, then
-/// the directory inodes (stale ones removed). Used at load and on reload; a file
+/// Writes the watch list into the kernel maps: the prefixes, their first words, then
+/// their count, then the directory inodes (stale ones removed). Used at load and on reload; a file
 /// operation racing a reload is judged against the old or the new list.
 pub fn write_watch_list(ebpf: &mut Ebpf, watch: Option<&WatchList>) -> Result<(), LoadError> {
     let err = |name| move |source| LoadError::Map { name, source };
@@ -375,6 +374,14 @@ pub fn write_watch_list(ebpf: &mut Ebpf, watch: Option<&WatchList>) -> Result<()
             .set(i as u32, p, 0)
             .map_err(err(names::WATCH_PREFIXES))?;
     }
+    let map = ebpf
+        .map_mut(names::WATCH_HEADS)
+        .ok_or(LoadError::MissingMap(names::WATCH_HEADS))?;
+    let mut heads: Array<_, auditor_common::PrefixHeads> =
+        Array::try_from(map).map_err(err(names::WATCH_HEADS))?;
+    heads
+        .set(0, crate::watchlist::prefix_heads(&kernel_prefixes), 0)
+        .map_err(err(names::WATCH_HEADS))?;
     let map = ebpf
         .map_mut(names::WATCH_COUNT)
         .ok_or(LoadError::MissingMap(names::WATCH_COUNT))?;
