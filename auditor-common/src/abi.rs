@@ -447,7 +447,12 @@ pub struct WatchPrefix {
     pub len: u32,
     /// `watch_mode::TREE`: the prefix and everything below it; `watch_mode::ENTRIES`:
     /// only the prefix directory's direct entries (home directories: history files).
-    pub mode: u32,
+    pub mode: u16,
+    /// `ENTRIES` only: the first byte every entry of interest starts with ('.' in a
+    /// home: every history file there is a dotfile), 0 for any.
+    pub lead: u8,
+    /// `ENTRIES` only: the longest entry of interest, bytes (0: no bound).
+    pub entry_max: u8,
     pub bytes: [u8; limits::PREFIX_LEN_MAX],
 }
 

@@ -71,8 +71,10 @@ struct PrefixCtx {
     /// Tail offset and length of the name in the record of type `T`.
     name_off: u64,
     name_len: u64,
-    /// Longest `ENTRIES` prefix the name starts with (0: none).
+    /// Longest `ENTRIES` prefix the name starts with (0: none), and its `lead` and
+    /// `entry_max << 8`.
     entries_len: u64,
+    entry_rule: u64,
     matched: u32,
     _pad: u32,
 }
@@ -80,9 +82,10 @@ struct PrefixCtx {
 /// True if the absolute name at tail offset `name_off` (`name_len` bytes) of a record of
 /// type `T` lies in a watched tree.
 ///
-/// The prefixes are compared first; only when an `ENTRIES` prefix (a directory holding
-/// history files) matched and no tree did is the name scanned for its last '/': that
-/// scan costs a loop over every byte, and most names never need it.
+/// The prefixes are compared first; only when the name is a possible history file of an
+/// `ENTRIES` prefix (a directory holding history files: the entry's first byte and
+/// length fit) and no tree matched is the entry scanned for a '/': that scan costs a
+/// callback per byte, and most names never need it.
 #[inline(always)]
 pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
     if !heads_may_match::<T>(name_off) {
@@ -96,6 +99,7 @@ pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
         name_off,
         name_len,
         entries_len: 0,
+        entry_rule: 0,
         matched: 0,
         _pad: 0,
     };
@@ -120,20 +124,45 @@ pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
     if entries_len == 0 {
         return false;
     }
-    // A direct entry of that directory: the name's last '/' is the one right after the
-    // prefix. (Only the longest matching ENTRIES prefix can satisfy this: a longer one
-    // that matched puts a '/' further right.)
-    let mut slash = SlashCtx { name_off, last: 0 };
+    // A possible history file of that directory: right after the '/' that ends the
+    // prefix ("/" ends in its own), starting with the byte they all start with, no
+    // longer than the longest, and with no '/' in it.
+    let Some(base) = scratch_base() else {
+        return false;
+    };
+    let rule = crate::emit::launder(ctx.entry_rule);
+    let (lead, entry_max) = (rule & 0xff, (rule >> 8) & 0xff);
+    let from = if entries_len == 1 { 1 } else { entries_len + 1 };
+    // SAFETY: a masked tail offset has TAIL_SLACK after it.
+    let (sep, first) = unsafe {
+        (
+            *tail_ptr::<T>(base, name_off + entries_len),
+            *tail_ptr::<T>(base, name_off + from),
+        )
+    };
+    let rest = name_len.saturating_sub(from);
+    if (entries_len != 1 && sep != b'/')
+        || rest == 0
+        || (lead != 0 && u64::from(first) != lead)
+        || (entry_max != 0 && rest > entry_max)
+    {
+        return false;
+    }
+    let rest = crate::emit::launder(rest) & 0xff;
+    let mut slash = SlashCtx {
+        name_off: name_off + from,
+        found: 0,
+    };
     // SAFETY: the callback only reads this CPU's scratch buffer and writes `slash`.
     unsafe {
         bpf_loop(
-            name_len as u32 & 0xfff,
+            rest as u32,
             slash_step::<T> as *mut c_void,
             (&raw mut slash).cast(),
             0,
         );
     }
-    crate::emit::launder(slash.last) == entries_len
+    crate::emit::launder(slash.found) == 0
 }
 
 /// False when the name at tail offset `name_off` lies under no watched prefix, by its
@@ -163,11 +192,13 @@ fn heads_may_match<T>(name_off: u64) -> bool {
 
 #[repr(C)]
 struct SlashCtx {
+    /// Tail offset of the entry's first byte.
     name_off: u64,
-    last: u64,
+    /// 1 once a '/' was seen.
+    found: u64,
 }
 
-/// Notes byte `i` of the name if it is a '/'.
+/// Stops at byte `i` of the entry if it is a '/'.
 #[inline(never)]
 extern "C" fn slash_step<T>(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `prefix_match` gave it.
@@ -175,10 +206,11 @@ extern "C" fn slash_step<T>(i: u64, ctx: *mut c_void) -> i64 {
     let Some(base) = scratch_base() else {
         return 1;
     };
-    let p = tail_ptr::<T>(base, c.name_off + (i & 0xfff));
+    let p = tail_ptr::<T>(base, c.name_off + (i & 0xff));
     // SAFETY: a masked tail offset has TAIL_SLACK >= 4096 bytes after it.
     if unsafe { *p } == b'/' {
-        c.last = i;
+        c.found = 1;
+        return 1;
     }
     0
 }
@@ -232,8 +264,13 @@ extern "C" fn prefix_step<T>(i: u64, ctx: *mut c_void) -> i64 {
     // orders ENTRIES prefixes by length, so the last one that matches is the longest.
     // Laundered: a value the verifier cannot track keeps the loop's states from
     // multiplying.
-    if p.mode == watch_mode::ENTRIES as u32 {
+    if p.mode == u16::from(watch_mode::ENTRIES) {
+        // Whether the name is an entry of interest of this directory is decided after
+        // the loop, for the longest match only (the only one that can be its parent):
+        // here, no more branches, which every one of the compare loop's exits would
+        // have the verifier explore.
         c.entries_len = crate::emit::launder(plen);
+        c.entry_rule = crate::emit::launder(u64::from(p.lead) | (u64::from(p.entry_max) << 8));
         return 0;
     }
     c.matched = 1;

@@ -285,13 +285,39 @@ impl WatchList {
             .map(|(p, mode)| {
                 let mut bytes = [0u8; limits::PREFIX_LEN_MAX];
                 bytes[..p.len()].copy_from_slice(p.as_bytes());
+                let (lead, entry_max) = if mode == watch_mode::ENTRIES {
+                    self.entries_of_interest(p)
+                } else {
+                    (0, 0)
+                };
                 WatchPrefix {
                     len: p.len() as u32,
-                    mode: u32::from(mode),
+                    mode: u16::from(mode),
+                    lead,
+                    entry_max,
                     bytes,
                 }
             })
             .collect()
+    }
+
+    /// For an `ENTRIES` directory: the first byte all its history files' names share (0
+    /// if they differ) and the longest such name (0 if over 255 bytes), so that the
+    /// kernel passes up only entries that could be one of them.
+    fn entries_of_interest(&self, dir: &str) -> (u8, u8) {
+        let names: Vec<&[u8]> = self
+            .files
+            .iter()
+            .filter(|f| f.parent().is_some_and(|d| d.as_os_str() == dir))
+            .filter_map(|f| f.file_name())
+            .map(|n| n.as_encoded_bytes())
+            .collect();
+        let lead = match names.first().and_then(|n| n.first()) {
+            Some(&b) if names.iter().all(|n| n.first() == Some(&b)) => b,
+            _ => 0,
+        };
+        let longest = names.iter().map(|n| n.len()).max().unwrap_or(0);
+        (lead, u8::try_from(longest).unwrap_or(0))
     }
 
     pub fn kernel_inodes(&self) -> Vec<(InodeKey, u8)> {
@@ -417,10 +443,26 @@ mod tests {
         let entries: Vec<u32> = w
             .kernel_prefixes()
             .iter()
-            .filter(|p| p.mode == u32::from(watch_mode::ENTRIES))
+            .filter(|p| p.mode == u16::from(watch_mode::ENTRIES))
             .map(|p| p.len)
             .collect();
         assert!(entries.windows(2).all(|w| w[0] <= w[1]), "{entries:?}");
+        // The kernel passes up only possible history files: dotfiles of the home, at most
+        // as long as ".node_repl_history"; "fish_history" in the fish directory.
+        let of = |d: &str| {
+            let p = w
+                .kernel_prefixes()
+                .into_iter()
+                .find(|p| p.bytes[..p.len as usize] == *d.as_bytes())
+                .unwrap();
+            (p.lead, p.entry_max)
+        };
+        assert_eq!(of("/root"), (b'.', ".node_repl_history".len() as u8));
+        assert_eq!(
+            of("/root/.local/share/fish"),
+            (b'f', "fish_history".len() as u8)
+        );
+        assert_eq!(of("/var/log"), (0, 0));
         // /var/log and /var are real here: their inodes are marked.
         let var = inode_of(Path::new("/var")).unwrap();
         assert_eq!(w.inodes.get(&var), Some(&watch_mode::ANCESTOR));
@@ -445,7 +487,9 @@ mod tests {
         bytes[..p.len()].copy_from_slice(p.as_bytes());
         WatchPrefix {
             len: p.len() as u32,
-            mode: u32::from(watch_mode::TREE),
+            mode: u16::from(watch_mode::TREE),
+            lead: 0,
+            entry_max: 0,
             bytes,
         }
     }
