@@ -456,19 +456,23 @@ pub struct WatchPrefix {
     pub bytes: [u8; limits::PREFIX_LEN_MAX],
 }
 
-/// The watched prefixes' first eight bytes, for a test that rejects most names outside
-/// the watched trees before the compare with every prefix: a name can lie under a
-/// prefix only if `name_word & mask[i] == word[i]` for some slot `i`, where `name_word`
-/// is the name's first eight bytes read as a little-endian u64 (whatever follows a
-/// shorter name is outside every mask that could match it). The loader fills it
-/// (`watchlist::prefix_heads`): prefixes whose head is implied by another's share its
-/// slot; unused slots match no absolute name; with more distinct heads than slots, slot
-/// 0 matches every name. An all-zero value (never written) matches every name.
+/// The watched prefixes' first eight bytes, so that a name is compared in full only
+/// with the prefixes it could lie under. A slot is a head (`word`, `mask`) and the run
+/// of `WATCH_PREFIXES` whose heads imply it (`range`: start | len << 8); a name can lie
+/// under a prefix only if `name_word & mask[i] == word[i]` for that prefix's slot `i`,
+/// where `name_word` is the name's first eight bytes read as a little-endian u64
+/// (whatever follows a shorter name is outside every mask that could match it). No
+/// slot's head implies another's, so a name matches at most one slot. The loader fills
+/// it (`watchlist::KernelFilter`); unused slots match no absolute name; with more heads
+/// than slots, slot 0 matches every name with the whole map as its run. Until `ready`
+/// is set every name is compared with every prefix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefixHeads {
     pub word: [u64; limits::PREFIX_HEADS],
     pub mask: [u64; limits::PREFIX_HEADS],
+    pub range: [u64; limits::PREFIX_HEADS],
+    pub ready: u64,
 }
 
 /// Key of a watched directory: `super_block.s_dev` and inode number.
@@ -605,7 +609,9 @@ const _: () = {
     assert!(size_of::<SyscallResultEvent>() == 48);
     assert!(size_of::<WatchPrefix>() == 8 + limits::PREFIX_LEN_MAX);
     assert!(size_of::<InodeKey>() == 16);
-    assert!(size_of::<PrefixHeads>() == 16 * limits::PREFIX_HEADS);
+    assert!(size_of::<PrefixHeads>() == 24 * limits::PREFIX_HEADS + 8);
+    // A run's start and length fit in 8 bits each.
+    assert!(limits::WATCH_PREFIXES_MAX < 256);
     // Every tail region fits the slack after a masked offset.
     assert!((limits::ARGV_BYTES_MAX as usize) < limits::TAIL_SLACK);
     assert!(

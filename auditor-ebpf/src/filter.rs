@@ -4,8 +4,8 @@
 //! Two tests, because at syscall entry the kernel has not resolved the name yet:
 //! - an absolute name is compared with the watched prefixes (`WATCH_PREFIXES`, written by
 //!   the loader: each watched tree and every other mountpoint of the same directories,
-//!   so bind mounts are covered), after a test of its first eight bytes against theirs
-//!   (`WATCH_HEADS`) that rejects most other names at once;
+//!   so bind mounts are covered), only those whose first eight bytes its own agree
+//!   with (`WATCH_HEADS`): none, for most other names;
 //! - a relative name is resolved against its base directory, whose dentry walk
 //!   (`path.rs`) checks every ancestor's (device, inode) against `WATCH_INODES`.
 
@@ -35,7 +35,7 @@ static WATCH_PREFIXES: Array<WatchPrefix> = Array::with_max_entries(WATCH_PREFIX
 #[map(name = "WATCH_COUNT")]
 static WATCH_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Slot 0: the prefixes' first words, for [`heads_may_match`].
+/// Slot 0: the prefixes' first words and runs, for [`head_run`].
 #[map(name = "WATCH_HEADS")]
 static WATCH_HEADS: Array<PrefixHeads> = Array::with_max_entries(1, 0);
 
@@ -75,6 +75,8 @@ struct PrefixCtx {
     /// `entry_max << 8`.
     entries_len: u64,
     entry_rule: u64,
+    /// The first prefix of the run compared.
+    start: u64,
     matched: u32,
     _pad: u32,
 }
@@ -88,11 +90,14 @@ struct PrefixCtx {
 /// callback per byte, and most names never need it.
 #[inline(always)]
 pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
-    if !heads_may_match::<T>(name_off) {
-        return false;
-    }
     let count = WATCH_COUNT.get(0).copied().unwrap_or(0);
-    if count == 0 {
+    let count = if count > WATCH_PREFIXES_MAX {
+        WATCH_PREFIXES_MAX
+    } else {
+        count
+    };
+    let (start, len) = head_run::<T>(name_off, count);
+    if len == 0 {
         return false;
     }
     let mut ctx = PrefixCtx {
@@ -100,18 +105,14 @@ pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
         name_len,
         entries_len: 0,
         entry_rule: 0,
+        start: u64::from(start),
         matched: 0,
         _pad: 0,
-    };
-    let count = if count > WATCH_PREFIXES_MAX {
-        WATCH_PREFIXES_MAX
-    } else {
-        count
     };
     // SAFETY: the callback only reads `ctx`, the prefix map and this CPU's scratch buffer.
     unsafe {
         bpf_loop(
-            count,
+            len & 0xff,
             prefix_step::<T> as *mut c_void,
             (&raw mut ctx).cast(),
             0,
@@ -165,29 +166,36 @@ pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
     crate::emit::launder(slash.found) == 0
 }
 
-/// False when the name at tail offset `name_off` lies under no watched prefix, by its
-/// first eight bytes (`WATCH_HEADS`). Inline and branch-free, so that most names outside
-/// the watched trees never reach the compare loop, whose `bpf_loop` calls a callback per
-/// prefix: on these machines a call's return costs far more than its compare (the
-/// kernel's return thunk, SRSO "Safe RET"), and an unwatched unlink's entry took 507 ns
-/// with the 21 prefixes of a machine whose 10 accounts each have a home directory and a
-/// fish history directory. Unreadable heads let the full compare decide.
+/// The run of `WATCH_PREFIXES` (start, length) the name at tail offset `name_off` may lie
+/// under, by its first eight bytes (`WATCH_HEADS`): length 0 for most names outside the
+/// watched trees, and a run of one or two prefixes for most others. Inline and
+/// branch-free. The compare loop behind it calls a `bpf_loop` callback per prefix, and
+/// on these machines a call's return costs far more than its compare (the kernel's
+/// return thunk, SRSO "Safe RET"): with the 21 prefixes of a machine whose 10 accounts
+/// each have a home directory and a fish history directory, an unwatched unlink's entry
+/// took 449 ns. Heads not written yet send the name to every prefix.
 #[inline(always)]
-fn heads_may_match<T>(name_off: u64) -> bool {
+fn head_run<T>(name_off: u64, count: u32) -> (u32, u32) {
     let (Some(h), Some(base)) = (WATCH_HEADS.get(0), scratch_base()) else {
-        return true;
+        return (0, count);
     };
+    if h.ready == 0 {
+        return (0, count);
+    }
     // SAFETY: a masked tail offset has TAIL_SLACK >= 8 bytes after it.
     let a = u64::from_le(unsafe {
         core::ptr::read_unaligned(tail_ptr::<T>(base, name_off).cast::<u64>())
     });
-    let mut any = 0u64;
+    // At most one slot matches: its run, with no branch per slot (no verifier state,
+    // no misprediction).
+    let mut run = 0u64;
     for i in 0..PREFIX_HEADS {
         let x = (a & h.mask[i]) ^ h.word[i];
-        // 1 if x == 0, without a branch (no verifier state, no misprediction, per slot).
-        any |= ((x | x.wrapping_neg()) >> 63) ^ 1;
+        let eq = ((x | x.wrapping_neg()) >> 63) ^ 1;
+        run |= eq.wrapping_neg() & h.range[i];
     }
-    crate::emit::launder(any) != 0
+    let run = crate::emit::launder(run);
+    ((run & 0xff) as u32, ((run >> 8) & 0xff) as u32)
 }
 
 #[repr(C)]
@@ -215,12 +223,12 @@ extern "C" fn slash_step<T>(i: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Compares the name with prefix `i`. Returns 1 (stop) on a match.
+/// Compares the name with prefix `start + i`. Returns 1 (stop) on a match.
 #[inline(never)]
 extern "C" fn prefix_step<T>(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `prefix_match` gave it.
     let c = unsafe { &mut *ctx.cast::<PrefixCtx>() };
-    let Some(p) = WATCH_PREFIXES.get(i as u32) else {
+    let Some(p) = WATCH_PREFIXES.get((c.start + i) as u32) else {
         return 1;
     };
     let plen = p.len as u64;
@@ -261,7 +269,8 @@ extern "C" fn prefix_step<T>(i: u64, ctx: *mut c_void) -> i64 {
         return 0;
     }
     // ENTRIES: only a direct entry of the directory; decided after the loop. The loader
-    // orders ENTRIES prefixes by length, so the last one that matches is the longest.
+    // orders the ENTRIES prefixes of each run by length, so the last one that matches is
+    // the longest.
     // Laundered: a value the verifier cannot track keeps the loop's states from
     // multiplying.
     if p.mode == u16::from(watch_mode::ENTRIES) {

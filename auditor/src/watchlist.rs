@@ -320,6 +320,12 @@ impl WatchList {
         (lead, u8::try_from(longest).unwrap_or(0))
     }
 
+    /// The prefixes grouped into runs by their first eight bytes, and the runs' heads:
+    /// what `WATCH_PREFIXES` and `WATCH_HEADS` hold.
+    pub fn kernel_filter(&self) -> KernelFilter {
+        KernelFilter::of(self.kernel_prefixes())
+    }
+
     pub fn kernel_inodes(&self) -> Vec<(InodeKey, u8)> {
         self.inodes
             .iter()
@@ -348,52 +354,78 @@ pub enum Scope {
     History,
 }
 
-/// The kernel's quick test of a name's first eight bytes against the prefixes'
-/// ([`PrefixHeads`]).
-pub fn prefix_heads(prefixes: &[WatchPrefix]) -> PrefixHeads {
-    let head = |p: &WatchPrefix| {
-        let n = (p.len as usize).min(8).min(p.bytes.len());
-        let mut b = [0u8; 8];
-        b[..n].copy_from_slice(&p.bytes[..n]);
-        let mask = if n == 8 {
-            u64::MAX
-        } else {
-            (1u64 << (8 * n)) - 1
-        };
-        (u64::from_le_bytes(b) & mask, mask)
-    };
-    // Shortest first, so that a head implied by a kept one comes after it: one whose
-    // mask covers the kept one's and agrees with it there passes only names that one
-    // passes.
-    let mut all: Vec<(u64, u64)> = prefixes.iter().map(head).collect();
-    all.sort_by_key(|&(_, m)| m.count_ones());
-    let mut kept: Vec<(u64, u64)> = Vec::new();
-    for (w, m) in all {
-        if !kept.iter().any(|&(kw, km)| km & m == km && w & km == kw) {
-            kept.push((w, m));
-        }
-    }
-    // '/' is the first byte of every absolute name; this word's first byte is not.
-    let mut h = PrefixHeads {
-        word: [0; limits::PREFIX_HEADS],
-        mask: [0xff; limits::PREFIX_HEADS],
-    };
-    if kept.len() > limits::PREFIX_HEADS {
-        h.mask[0] = 0;
-        return h;
-    }
-    for (i, (w, m)) in kept.into_iter().enumerate() {
-        h.word[i] = w;
-        h.mask[i] = m;
-    }
-    h
+/// What the kernel's file filter holds: the prefixes in the order of `WATCH_PREFIXES`,
+/// grouped into runs by their first eight bytes, and the heads of the runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelFilter {
+    pub prefixes: Vec<WatchPrefix>,
+    pub heads: PrefixHeads,
 }
 
-/// False when the name whose first eight bytes are `name_word` lies under no prefix:
-/// the kernel's test (`auditor-ebpf/src/filter.rs`).
-#[cfg(test)]
-fn heads_may_match(h: &PrefixHeads, name_word: u64) -> bool {
-    h.word.iter().zip(&h.mask).any(|(w, m)| name_word & m == *w)
+impl KernelFilter {
+    /// Groups `flat` (trees first, then `ENTRIES` shortest first) into runs, each
+    /// keeping that order, so that within a run the last `ENTRIES` match is the longest.
+    pub fn of(flat: Vec<WatchPrefix>) -> Self {
+        let head = |p: &WatchPrefix| {
+            let n = (p.len as usize).min(8).min(p.bytes.len());
+            let mut b = [0u8; 8];
+            b[..n].copy_from_slice(&p.bytes[..n]);
+            let mask = if n == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (8 * n)) - 1
+            };
+            (u64::from_le_bytes(b) & mask, mask)
+        };
+        // `(w, m)` implies `(kw, km)`: its mask covers that one's and agrees there.
+        let implies = |(w, m): (u64, u64), (kw, km): (u64, u64)| km & m == km && w & km == kw;
+        // The minimal heads, shortest first: a head's bytes start with a kept one's, or
+        // it is kept. Heads are byte prefixes, so each prefix implies exactly one kept
+        // head, and a name matches at most one.
+        let mut all: Vec<(u64, u64)> = flat.iter().map(head).collect();
+        all.sort_by_key(|&(_, m)| m.count_ones());
+        let mut kept: Vec<(u64, u64)> = Vec::new();
+        for h in all {
+            if !kept.iter().any(|&k| implies(h, k)) {
+                kept.push(h);
+            }
+        }
+        // '/' is the first byte of every absolute name; this word's first byte is not.
+        let mut heads = PrefixHeads {
+            word: [0; limits::PREFIX_HEADS],
+            mask: [0xff; limits::PREFIX_HEADS],
+            range: [0; limits::PREFIX_HEADS],
+            ready: 1,
+        };
+        if kept.len() > limits::PREFIX_HEADS {
+            heads.mask[0] = 0;
+            heads.range[0] = (flat.len() as u64) << 8;
+            return Self {
+                prefixes: flat,
+                heads,
+            };
+        }
+        let mut prefixes = Vec::with_capacity(flat.len());
+        for (i, &k) in kept.iter().enumerate() {
+            let start = prefixes.len();
+            prefixes.extend(flat.iter().filter(|p| implies(head(p), k)).copied());
+            heads.word[i] = k.0;
+            heads.mask[i] = k.1;
+            heads.range[i] = start as u64 | (((prefixes.len() - start) as u64) << 8);
+        }
+        Self { prefixes, heads }
+    }
+
+    /// The run of prefixes (start, length) a name whose first eight bytes are
+    /// `name_word` may lie under: the kernel's test (`auditor-ebpf/src/filter.rs`).
+    #[cfg(test)]
+    fn run_of(&self, name_word: u64) -> (usize, usize) {
+        let h = &self.heads;
+        let run = (0..limits::PREFIX_HEADS)
+            .filter(|&i| name_word & h.mask[i] == h.word[i])
+            .fold(0, |r, i| r | h.range[i]);
+        ((run & 0xff) as usize, ((run >> 8) & 0xff) as usize)
+    }
 }
 
 #[cfg(test)]
@@ -494,74 +526,78 @@ mod tests {
         }
     }
 
+    /// The prefixes of `f` a name may lie under, as the kernel compares them.
+    fn compared(f: &KernelFilter, name: &str, stale: &[u8]) -> Vec<String> {
+        let (start, len) = f.run_of(first_word(name, stale));
+        f.prefixes[start..start + len]
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.bytes[..p.len as usize]).into_owned())
+            .collect()
+    }
+
     #[test]
-    fn prefix_heads_reject_names_outside_every_prefix() {
+    fn a_name_is_compared_only_with_the_prefixes_sharing_its_head() {
         let w = WatchList::build(
             &[PathBuf::from("/var/log")],
             &[PathBuf::from("/root")],
             MOUNTINFO,
         )
         .unwrap();
-        let h = prefix_heads(&w.kernel_prefixes());
+        let f = w.kernel_filter();
+        let mut a: Vec<_> = f.prefixes.iter().map(|p| p.bytes.to_vec()).collect();
+        let mut b: Vec<_> = w
+            .kernel_prefixes()
+            .iter()
+            .map(|p| p.bytes.to_vec())
+            .collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "the runs hold every prefix once");
         for name in [
             "/usr/lib/x.so",
             "/tmp/a",
             "/proc/1/stat",
             "/var/lib/dpkg/lock",
         ] {
-            assert!(!heads_may_match(&h, first_word(name, b"stale")), "{name}");
+            assert!(compared(&f, name, b"stale").is_empty(), "{name}");
         }
-        for name in [
-            "/var/log/auth.log",
-            "/mnt/logs/syslog",
-            "/srv/var/log/x",
-            "/root/.bash_history",
-            "/root/.local/share/fish/fish_history",
-        ] {
-            assert!(heads_may_match(&h, first_word(name, b"stale")), "{name}");
-        }
-        // /root/.local/share/fish's head is implied by /root's: one slot for both.
-        let used = h.mask.iter().filter(|&&m| m != 0xff).count();
-        assert_eq!(used, w.kernel_prefixes().len() - 1);
-        // More distinct heads than slots: every name goes to the full compare.
+        assert_eq!(compared(&f, "/var/log/auth.log", b""), ["/var/log"]);
+        assert_eq!(compared(&f, "/srv/var/log/x", b""), ["/srv/var/log"]);
+        // The home and its fish directory share a run, shortest first: the kernel keeps
+        // the last ENTRIES match, which must be the longest.
+        assert_eq!(
+            compared(&f, "/root/.bash_history", b"x"),
+            ["/root", "/root/.local/share/fish"]
+        );
+        // More heads than slots: every name is compared with every prefix.
         let many: Vec<WatchPrefix> = (0..=limits::PREFIX_HEADS)
             .map(|i| prefix(&format!("/w{i:02}")))
             .collect();
-        assert!(heads_may_match(
-            &prefix_heads(&many),
-            first_word("/usr", b"")
-        ));
-        // No prefixes: nothing matches; "/" watches everything; never-written heads
-        // send every name to the full compare.
-        assert!(!heads_may_match(&prefix_heads(&[]), first_word("/", b"")));
-        assert!(heads_may_match(
-            &prefix_heads(&[prefix("/")]),
-            first_word("/x", b"")
-        ));
-        let unwritten = PrefixHeads {
-            word: [0; limits::PREFIX_HEADS],
-            mask: [0; limits::PREFIX_HEADS],
-        };
-        assert!(heads_may_match(&unwritten, first_word("/x", b"")));
+        let f = KernelFilter::of(many);
+        assert_eq!(compared(&f, "/usr", b"").len(), limits::PREFIX_HEADS + 1);
+        // No prefixes: nothing compared; "/" watches everything.
+        assert!(compared(&KernelFilter::of(Vec::new()), "/", b"").is_empty());
+        let f = KernelFilter::of(vec![prefix("/"), prefix("/var/log")]);
+        assert_eq!(compared(&f, "/x", b""), ["/", "/var/log"]);
     }
 
     proptest::proptest! {
-        /// Whatever the prefixes and the stale bytes after a name, a name the kernel's full
-        /// compare would match is never rejected by the heads.
+        /// Whatever the prefixes and the stale bytes after a name, every prefix the
+        /// kernel's full compare would match the name with is in the run it compares.
         #[test]
-        fn prefix_heads_never_reject_a_watched_name(
+        fn every_prefix_a_name_lies_under_is_compared(
             prefixes in proptest::collection::vec("/[ab/]{0,11}", 1..=limits::PREFIX_HEADS + 4),
             name in "/[ab/]{0,14}",
             stale in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
         ) {
-            let ps: Vec<WatchPrefix> = prefixes.iter().map(|p| prefix(p)).collect();
-            let h = prefix_heads(&ps);
-            let under = prefixes.iter().any(|p| {
-                name.starts_with(p.as_str())
-                    && (p == "/" || name.len() == p.len() || name.as_bytes()[p.len()] == b'/')
-            });
-            if under {
-                proptest::prop_assert!(heads_may_match(&h, first_word(&name, &stale)));
+            let f = KernelFilter::of(prefixes.iter().map(|p| prefix(p)).collect());
+            let run = compared(&f, &name, &stale);
+            for p in &prefixes {
+                let under = name.starts_with(p.as_str())
+                    && (p == "/" || name.len() == p.len() || name.as_bytes()[p.len()] == b'/');
+                if under {
+                    proptest::prop_assert!(run.contains(p), "{name} under {p}, run {run:?}");
+                }
             }
         }
     }

@@ -362,8 +362,9 @@ fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), LoadError> {
 /// operation racing a reload is judged against the old or the new list.
 pub fn write_watch_list(ebpf: &mut Ebpf, watch: Option<&WatchList>) -> Result<(), LoadError> {
     let err = |name| move |source| LoadError::Map { name, source };
-    let empty = Vec::new();
-    let kernel_prefixes = watch.map_or(empty, |w| w.kernel_prefixes());
+    let filter =
+        crate::watchlist::KernelFilter::of(watch.map_or_else(Vec::new, WatchList::kernel_prefixes));
+    let kernel_prefixes = &filter.prefixes;
     let map = ebpf
         .map_mut(names::WATCH_PREFIXES)
         .ok_or(LoadError::MissingMap(names::WATCH_PREFIXES))?;
@@ -380,7 +381,7 @@ pub fn write_watch_list(ebpf: &mut Ebpf, watch: Option<&WatchList>) -> Result<()
     let mut heads: Array<_, auditor_common::PrefixHeads> =
         Array::try_from(map).map_err(err(names::WATCH_HEADS))?;
     heads
-        .set(0, crate::watchlist::prefix_heads(&kernel_prefixes), 0)
+        .set(0, filter.heads, 0)
         .map_err(err(names::WATCH_HEADS))?;
     let map = ebpf
         .map_mut(names::WATCH_COUNT)

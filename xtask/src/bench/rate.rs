@@ -390,24 +390,27 @@ pub fn run(bin: &Path, o: &RateOptions) -> Result<RateResults> {
         spread: None,
         profile: Vec::new(),
     };
-    // Hold the best rate for hold_seconds; a short step can hide a slow fill of the ring,
-    // so on loss hold again lower (at most three holds): at the goal rate when that is
-    // below, else ×0.8.
+    // Hold the best rate the generator reached for hold_seconds; a short step can hide a
+    // slow fill of the ring, so on loss hold again lower (at most four holds): ×0.8 of
+    // the rate that hold reached, or the goal rate when that lies between. (Holding the
+    // best step's target, which the generator had fallen short of, repeated the same
+    // achieved rate three times on a fast host.)
     if o.hold_seconds > 0.0
         && let Some(best) = res.best()
     {
-        let mut r = best.target;
-        for _ in 0..3 {
+        let mut r = best.target.min(best.achieved());
+        for _ in 0..4 {
             println!("holding {r:.0}/s for {} s", o.hold_seconds);
             let h = step(agent, &tmp.0, &o.ring, r, o.hold_seconds, o.threads, None)?;
             let ok = h.lossless();
+            let reached = r.min(h.achieved());
             res.holds.push(h);
             if ok {
                 break;
             }
             r = match o.goal {
-                Some(g) if g < r && r * 0.8 < g => g,
-                _ => r * 0.8,
+                Some(g) if g < reached && reached * 0.8 < g => g,
+                _ => reached * 0.8,
             };
         }
     }

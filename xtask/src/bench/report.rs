@@ -257,8 +257,9 @@ pub fn markdown(a: &All) -> String {
              and counts: zero loss means no `loss` record **and** every generated connect \
              present in the vault. The rate is stepped up ×1.5 until the first loss, then \
              bisected (geometric midpoints; 300,000/s first when it lies in the gap) between \
-             the last lossless and the first lossy rate; the best rate is then held for 60 s, \
-             and lower while a hold loses (300,000/s when that is below, else ×0.8). \
+             the last lossless and the first lossy rate; the best rate the generator reached is \
+             then held for 60 s, and lower while a hold loses (up to four holds: 300,000/s \
+             when that is below, else ×0.8 of the rate the losing hold reached). \
              The last row, when there is one, is the sustained rate once more from more \
              generator threads: the load then competes with the agent for both cores.\n\n\
              | target/s | generator threads | reached/s | seconds | generated | in vault | missing | ring records lost | agent CPU | by thread |\n|---|---|---|---|---|---|---|---|---|---|",
