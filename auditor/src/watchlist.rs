@@ -42,8 +42,9 @@ pub struct WatchList {
     /// Every prefix the kernel compares absolute names with: trees and their bind-mount
     /// aliases (whole subtree).
     pub prefixes: Vec<String>,
-    /// Directories holding history files: the kernel passes their direct entries up and
-    /// userspace keeps only the history files.
+    /// Directories holding history files: the kernel passes up their direct entries that
+    /// could be one (first byte and length, see `entries_of_interest`) and userspace keeps
+    /// only the history files.
     pub entry_dirs: Vec<String>,
     /// (device, inode) -> watch mode.
     pub inodes: BTreeMap<(u32, u64), u8>,
