@@ -284,20 +284,12 @@ impl WatchList {
         let entries = dirs.into_iter().map(|p| (p, watch_mode::ENTRIES));
         tree.chain(entries)
             .map(|(p, mode)| {
-                let mut bytes = [0u8; limits::PREFIX_LEN_MAX];
-                bytes[..p.len()].copy_from_slice(p.as_bytes());
                 let (lead, entry_max) = if mode == watch_mode::ENTRIES {
                     self.entries_of_interest(p)
                 } else {
                     (0, 0)
                 };
-                WatchPrefix {
-                    len: p.len() as u32,
-                    mode: u16::from(mode),
-                    lead,
-                    entry_max,
-                    bytes,
-                }
+                watch_prefix(p, mode, lead, entry_max)
             })
             .collect()
     }
@@ -355,6 +347,20 @@ pub enum Scope {
     History,
 }
 
+/// One entry of the kernel's prefix map (`p` is at most `PREFIX_LEN_MAX - 1` bytes:
+/// `WatchList::build` refuses longer ones).
+fn watch_prefix(p: &str, mode: u8, lead: u8, entry_max: u8) -> WatchPrefix {
+    let mut bytes = [0u8; limits::PREFIX_LEN_MAX];
+    bytes[..p.len()].copy_from_slice(p.as_bytes());
+    WatchPrefix {
+        len: p.len() as u32,
+        mode: u16::from(mode),
+        lead,
+        entry_max,
+        bytes,
+    }
+}
+
 /// What the kernel's file filter holds: the prefixes in the order of `WATCH_PREFIXES`,
 /// grouped into runs by their first eight bytes, and the heads of the runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,7 +374,7 @@ impl KernelFilter {
     /// keeping that order, so that within a run the last `ENTRIES` match is the longest.
     pub fn of(flat: Vec<WatchPrefix>) -> Self {
         let head = |p: &WatchPrefix| {
-            let n = (p.len as usize).min(8).min(p.bytes.len());
+            let n = (p.len as usize).min(8);
             let mut b = [0u8; 8];
             b[..n].copy_from_slice(&p.bytes[..n]);
             let mask = if n == 8 {
@@ -452,14 +458,19 @@ mod tests {
         assert!(mount_aliases("/proc", &m).is_empty());
     }
 
-    #[test]
-    fn scope_of_paths() {
-        let w = WatchList::build(
+    /// /var/log watched, /root a home, on the mounts of `MOUNTINFO`.
+    fn sample() -> WatchList {
+        WatchList::build(
             &[PathBuf::from("/var/log")],
             &[PathBuf::from("/root")],
             MOUNTINFO,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn scope_of_paths() {
+        let w = sample();
         assert_eq!(w.classify("/var/log/auth.log"), Some(Scope::Tree));
         assert_eq!(w.classify("/var/log"), Some(Scope::Tree));
         assert_eq!(w.classify("/var/logs/x"), None);
@@ -516,15 +527,7 @@ mod tests {
     }
 
     fn prefix(p: &str) -> WatchPrefix {
-        let mut bytes = [0u8; limits::PREFIX_LEN_MAX];
-        bytes[..p.len()].copy_from_slice(p.as_bytes());
-        WatchPrefix {
-            len: p.len() as u32,
-            mode: u16::from(watch_mode::TREE),
-            lead: 0,
-            entry_max: 0,
-            bytes,
-        }
+        watch_prefix(p, watch_mode::TREE, 0, 0)
     }
 
     /// The prefixes of `f` a name may lie under, as the kernel compares them.
@@ -538,12 +541,7 @@ mod tests {
 
     #[test]
     fn a_name_is_compared_only_with_the_prefixes_sharing_its_head() {
-        let w = WatchList::build(
-            &[PathBuf::from("/var/log")],
-            &[PathBuf::from("/root")],
-            MOUNTINFO,
-        )
-        .unwrap();
+        let w = sample();
         let f = w.kernel_filter();
         let mut a: Vec<_> = f.prefixes.iter().map(|p| p.bytes.to_vec()).collect();
         let mut b: Vec<_> = w

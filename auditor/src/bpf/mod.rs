@@ -357,13 +357,16 @@ fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Writes the watch list into the kernel maps: the prefixes, their first words, then
-/// their count, then the directory inodes (stale ones removed). Used at load and on reload; a file
-/// operation racing a reload is judged against the old or the new list.
+/// Writes the watch list into the kernel maps: the prefixes (grouped into runs by head),
+/// the runs' heads, the prefixes' count, then the directory inodes (stale ones removed).
+/// Used at load and on reload; a file operation racing a reload is judged against the
+/// old or the new list.
 pub fn write_watch_list(ebpf: &mut Ebpf, watch: Option<&WatchList>) -> Result<(), LoadError> {
     let err = |name| move |source| LoadError::Map { name, source };
-    let filter =
-        crate::watchlist::KernelFilter::of(watch.map_or_else(Vec::new, WatchList::kernel_prefixes));
+    let filter = watch.map_or_else(
+        || crate::watchlist::KernelFilter::of(Vec::new()),
+        WatchList::kernel_filter,
+    );
     let kernel_prefixes = &filter.prefixes;
     let map = ebpf
         .map_mut(names::WATCH_PREFIXES)
