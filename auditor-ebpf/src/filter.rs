@@ -19,7 +19,7 @@ use auditor_common::{
 use aya_ebpf::{
     helpers::generated::bpf_loop,
     macros::map,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, PerCpuArray},
 };
 
 use crate::{
@@ -66,8 +66,18 @@ pub fn inode_mode(inode: u64, dev: u64) -> u8 {
 /// A device that could not be read (no `dev_t` is this wide).
 pub const DEV_UNKNOWN: u64 = u64::MAX;
 
+/// The loops' states, in this CPU's slots of maps rather than on the stack: values the
+/// verifier does not track, so a callback's iterations are all one state (see
+/// `path::WALK`; with the compare loop's state on the stack, its refinements of the
+/// name's length made the file body cost the verifier 242,000 instructions).
+#[map(name = "PREFIX_CTX")]
+static PREFIX_CTX: PerCpuArray<PrefixCtx> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "SLASH_CTX")]
+static SLASH_CTX: PerCpuArray<SlashCtx> = PerCpuArray::with_max_entries(1, 0);
+
 #[repr(C)]
-struct PrefixCtx {
+pub struct PrefixCtx {
     /// Tail offset and length of the name in the record of type `T`.
     name_off: u64,
     name_len: u64,
@@ -100,28 +110,33 @@ pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
     if len == 0 {
         return false;
     }
-    let mut ctx = PrefixCtx {
-        name_off,
-        name_len,
-        entries_len: 0,
-        entry_rule: 0,
-        start: u64::from(start),
-        matched: 0,
-        _pad: 0,
+    let (Some(pc), Some(sc)) = (PREFIX_CTX.get_ptr_mut(0), SLASH_CTX.get_ptr_mut(0)) else {
+        return true; // never: let userspace decide rather than miss a watched path
     };
-    // SAFETY: the callback only reads `ctx`, the prefix map and this CPU's scratch buffer.
-    unsafe {
+    // SAFETY: this CPU's value of a per-CPU map, sized for PrefixCtx; the callback only
+    // reads it, the prefix map and this CPU's scratch buffer, and writes it.
+    let c = unsafe {
+        pc.write(PrefixCtx {
+            name_off,
+            name_len,
+            entries_len: 0,
+            entry_rule: 0,
+            start: u64::from(start),
+            matched: 0,
+            _pad: 0,
+        });
         bpf_loop(
             len & 0xff,
             prefix_step::<T> as *mut c_void,
-            (&raw mut ctx).cast(),
+            core::ptr::null_mut(),
             0,
         );
-    }
-    if ctx.matched != 0 {
+        pc.read()
+    };
+    if c.matched != 0 {
         return true;
     }
-    let entries_len = crate::emit::launder(ctx.entries_len);
+    let entries_len = c.entries_len;
     if entries_len == 0 {
         return false;
     }
@@ -131,7 +146,7 @@ pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
     let Some(base) = scratch_base() else {
         return false;
     };
-    let rule = crate::emit::launder(ctx.entry_rule);
+    let rule = c.entry_rule;
     let (lead, entry_max) = (rule & 0xff, (rule >> 8) & 0xff);
     let from = if entries_len == 1 { 1 } else { entries_len + 1 };
     // SAFETY: a masked tail offset has TAIL_SLACK after it.
@@ -149,21 +164,20 @@ pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
     {
         return false;
     }
-    let rest = crate::emit::launder(rest) & 0xff;
-    let mut slash = SlashCtx {
-        name_off: name_off + from,
-        found: 0,
-    };
-    // SAFETY: the callback only reads this CPU's scratch buffer and writes `slash`.
+    // SAFETY: as above, for SlashCtx and `slash_step`.
     unsafe {
+        sc.write(SlashCtx {
+            name_off: name_off + from,
+            found: 0,
+        });
         bpf_loop(
-            rest as u32,
+            (rest & 0xff) as u32,
             slash_step::<T> as *mut c_void,
-            (&raw mut slash).cast(),
+            core::ptr::null_mut(),
             0,
         );
+        (*sc).found == 0
     }
-    crate::emit::launder(slash.found) == 0
 }
 
 /// The run of `WATCH_PREFIXES` (start, length) the name at tail offset `name_off` may lie
@@ -199,7 +213,7 @@ fn head_run<T>(name_off: u64, count: u32) -> (u32, u32) {
 }
 
 #[repr(C)]
-struct SlashCtx {
+pub struct SlashCtx {
     /// Tail offset of the entry's first byte.
     name_off: u64,
     /// 1 once a '/' was seen.
@@ -208,9 +222,12 @@ struct SlashCtx {
 
 /// Stops at byte `i` of the entry if it is a '/'.
 #[inline(never)]
-extern "C" fn slash_step<T>(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer `prefix_match` gave it.
-    let c = unsafe { &mut *ctx.cast::<SlashCtx>() };
+extern "C" fn slash_step<T>(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(c) = SLASH_CTX.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's value, written by `prefix_match` before the loop.
+    let c = unsafe { &mut *c };
     let Some(base) = scratch_base() else {
         return 1;
     };
@@ -225,9 +242,12 @@ extern "C" fn slash_step<T>(i: u64, ctx: *mut c_void) -> i64 {
 
 /// Compares the name with prefix `start + i`. Returns 1 (stop) on a match.
 #[inline(never)]
-extern "C" fn prefix_step<T>(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer `prefix_match` gave it.
-    let c = unsafe { &mut *ctx.cast::<PrefixCtx>() };
+extern "C" fn prefix_step<T>(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(c) = PREFIX_CTX.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's value, written by `prefix_match` before the loop.
+    let c = unsafe { &mut *c };
     let Some(p) = WATCH_PREFIXES.get((c.start + i) as u32) else {
         return 1;
     };
@@ -271,15 +291,13 @@ extern "C" fn prefix_step<T>(i: u64, ctx: *mut c_void) -> i64 {
     // ENTRIES: only a direct entry of the directory; decided after the loop. The loader
     // orders the ENTRIES prefixes of each run by length, so the last one that matches is
     // the longest.
-    // Laundered: a value the verifier cannot track keeps the loop's states from
-    // multiplying.
     if p.mode == u16::from(watch_mode::ENTRIES) {
         // Whether the name is an entry of interest of this directory is decided after
         // the loop, for the longest match only (the only one that can be its parent):
         // here, no more branches, which every one of the compare loop's exits would
         // have the verifier explore.
-        c.entries_len = crate::emit::launder(plen);
-        c.entry_rule = crate::emit::launder(u64::from(p.lead) | (u64::from(p.entry_max) << 8));
+        c.entries_len = plen;
+        c.entry_rule = u64::from(p.lead) | (u64::from(p.entry_max) << 8);
         return 0;
     }
     c.matched = 1;

@@ -16,7 +16,11 @@ use auditor_common::{
     limits::{NAME_MAX, PATH_BYTES_MAX, PATH_DEPTH_MAX},
     watch_mode,
 };
-use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};
+use aya_ebpf::{
+    helpers::generated::{bpf_loop, bpf_probe_read_kernel_str},
+    macros::map,
+    maps::PerCpuArray,
+};
 
 use crate::{
     emit::{Record, scratch_base, tail_ptr},
@@ -40,8 +44,17 @@ const STATE_COMPLETE: u32 = 1;
 const STATE_FAULT: u32 = 2;
 const STATE_FULL: u32 = 3;
 
+/// The walk's state, in this CPU's slot of a map rather than on the stack. The
+/// verifier tracks values on the stack: each refinement a step made to one (a non-NULL
+/// check on a pointer, a branch on a flag) gave the next iteration of the callback a new
+/// state to explore, and the file body exceeded the 1M-instruction budget with the
+/// walk's iterations not converging. Map values are unknown to it on every load, so the
+/// callback is the same state every iteration, and is checked once per call site.
+#[map(name = "WALK")]
+static WALK: PerCpuArray<WalkCtx> = PerCpuArray::with_max_entries(1, 0);
+
 #[repr(C)]
-struct WalkCtx {
+pub struct WalkCtx {
     vfsmnt: u64,
     dentry: u64,
     mnt: u64,
@@ -78,46 +91,52 @@ pub fn append_checked<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64) -> (Walk
 
 #[inline(always)]
 fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk, u32, u8) {
-    // Read here and at each mount crossing, not in every step: a step that branched on
-    // "already read?" gave the verifier two states per step to explore, and the largest
-    // programs went over its budget. An unreadable root (never seen: the vfsmount comes
-    // from a live `struct path`) leaves 0, and the walk then ends in a fault at the top
-    // of the mount.
-    let (mnt_root, dev) = mount_root_dev(vfsmnt, check);
-    let mut ctx = WalkCtx {
-        vfsmnt,
-        dentry,
-        mnt: vfsmnt.wrapping_sub(off!(mount_mnt)),
-        start: rec.tail_len,
-        used: 0,
-        state: STATE_RUNNING,
-        check: check as u32,
-        in_tree: 0,
-        first_mode: 0,
-        mnt_root,
-        dev,
+    let Some(c) = WALK.get_ptr_mut(0) else {
+        return (Walk::Fault, 0, 0);
     };
-    // SAFETY: the callback only touches `ctx` and this CPU's scratch buffer.
+    // Read here and at each mount crossing, not in every step: a step that branched on
+    // "already read?" gave the verifier two states per step to explore. An unreadable
+    // root (never seen: the vfsmount comes from a live `struct path`) leaves 0, and the
+    // walk then ends in a fault at the top of the mount.
+    let (mnt_root, dev) = mount_root_dev(vfsmnt, check);
+    // SAFETY: this CPU's value of a per-CPU map, sized for WalkCtx.
+    unsafe {
+        c.write(WalkCtx {
+            vfsmnt,
+            dentry,
+            mnt: vfsmnt.wrapping_sub(off!(mount_mnt)),
+            start: rec.tail_len,
+            used: 0,
+            state: STATE_RUNNING,
+            check: check as u32,
+            in_tree: 0,
+            first_mode: 0,
+            mnt_root,
+            dev,
+        });
+    }
+    // SAFETY: the callback only touches `WALK` and this CPU's scratch buffer.
     unsafe {
         bpf_loop(
             PATH_DEPTH_MAX,
             walk_step::<T> as *mut c_void,
-            (&raw mut ctx).cast(),
+            core::ptr::null_mut(),
             0,
         );
     }
-    let used = crate::emit::launder(ctx.used) & 0xffff;
-    rec.tail_len = ctx.start + used;
-    let walk = match ctx.state {
+    // SAFETY: as above; read back after the loop (map values: unknown to the verifier).
+    let c = unsafe { c.read() };
+    let used = c.used & 0xffff;
+    rec.tail_len = c.start + used;
+    let walk = match c.state {
         STATE_COMPLETE => Walk::Complete,
         STATE_FAULT => Walk::Fault,
         _ => Walk::Truncated, // out of depth, or of bytes
     };
-    // Laundered, so that branching on them here does not make the loop state precise.
-    let mode = if crate::emit::launder(ctx.in_tree) != 0 {
+    let mode = if c.in_tree != 0 {
         watch_mode::TREE
     } else {
-        crate::emit::launder(ctx.first_mode) as u8
+        c.first_mode as u8
     };
     (walk, used as u32, mode)
 }
@@ -126,8 +145,7 @@ fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk,
 /// superblock, which every dentry of the mount shares (`filter::DEV_UNKNOWN` if
 /// unreadable, or not asked for: no lookup matches then). `mnt_root` and `mnt_sb` are
 /// adjacent, so this is two helper reads where going through the dentry's inode was
-/// four. Laundered: values the verifier does not track, so that the callback's states
-/// converge.
+/// four.
 #[inline(always)]
 fn mount_root_dev(vfsmnt: u64, check: bool) -> (u64, u64) {
     let (root, sb) =
@@ -137,7 +155,7 @@ fn mount_root_dev(vfsmnt: u64, check: bool) -> (u64, u64) {
     } else {
         filter::DEV_UNKNOWN
     };
-    (crate::emit::launder(root), crate::emit::launder(dev))
+    (root, dev)
 }
 
 /// One step up the tree. Returns 1 to stop the loop.
@@ -147,10 +165,12 @@ fn mount_root_dev(vfsmnt: u64, check: bool) -> (u64, u64) {
 /// (`kernel::dentry_fields`), the inode number, the name. The mount's root and device
 /// are read once per mount, at the start and at each crossing.
 #[inline(never)]
-extern "C" fn walk_step<T>(i: u64, ctx: *mut c_void) -> i64 {
-    let ctx = ctx.cast::<WalkCtx>();
-    // SAFETY: bpf_loop hands back the pointer `append` gave it.
-    let c = unsafe { &mut *ctx };
+extern "C" fn walk_step<T>(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(c) = WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's value, written by `walk` before the loop.
+    let c = unsafe { &mut *c };
     let stop = |c: &mut WalkCtx, state: u32| {
         c.state = state;
         1
@@ -162,9 +182,7 @@ extern "C" fn walk_step<T>(i: u64, ctx: *mut c_void) -> i64 {
     // path: its directories' lookups (an inode read and a hash lookup each) cannot
     // change the verdict.
     if c.check != 0 && c.in_tree == 0 {
-        // Branch-free accumulation through `launder`: the verifier sees no decision on
-        // these values, so its iterations of this callback still converge.
-        let mode = crate::emit::launder(u64::from(filter::inode_mode(d.inode, c.dev)));
+        let mode = u64::from(filter::inode_mode(d.inode, c.dev));
         // TREE is 1: bit 0 set, bit 1 clear (ENTRIES = 2, ANCESTOR = 3).
         c.in_tree |= mode & !(mode >> 1) & 1;
         // The start directory's own mode: only at step 0.
@@ -191,9 +209,7 @@ extern "C" fn walk_step<T>(i: u64, ctx: *mut c_void) -> i64 {
         c.dev = dev;
         return 0;
     }
-    // Through `launder`: the loop state stays imprecise, so the verifier's iterations of
-    // this callback converge instead of multiplying per byte count.
-    let used = crate::emit::launder(c.used);
+    let used = c.used;
     if used + d.name_len as u64 + 1 > PATH_BYTES_MAX as u64 {
         return stop(c, STATE_FULL);
     }

@@ -165,6 +165,7 @@ pub fn run(obj: Option<PathBuf>) -> Vec<Finding> {
                             loaded.attached
                         ),
                     ));
+                    out.push(verifier_margin(&loaded.verifier_work()));
                     for (hook, why) in &loaded.unattached {
                         out.push(f(
                             "optional hook",
@@ -178,6 +179,33 @@ pub fn run(obj: Option<PathBuf>) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// The largest program's share of the verifier's budget: a warning above half, where a
+/// new compiler or kernel could tip it over.
+fn verifier_margin(work: &[(String, u32)]) -> Finding {
+    const WHAT: &str = "verifier budget";
+    let Some((name, n)) = work.first() else {
+        return f(
+            WHAT,
+            Status::Warn,
+            "this kernel does not report verified instruction counts (before 5.16)",
+        );
+    };
+    let pct = f64::from(*n) * 100.0 / f64::from(bpf::VERIFIER_BUDGET);
+    let detail = format!(
+        "largest program {name}: {n} of {} instructions ({pct:.1}%)",
+        bpf::VERIFIER_BUDGET
+    );
+    if u64::from(*n) * 2 > u64::from(bpf::VERIFIER_BUDGET) {
+        f(
+            WHAT,
+            Status::Warn,
+            format!("{detail}: less than half the budget left"),
+        )
+    } else {
+        f(WHAT, Status::Ok, detail)
+    }
 }
 
 fn lockdown() -> Option<String> {
@@ -208,4 +236,27 @@ pub fn report(findings: &[Finding]) -> bool {
         }
     );
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_margin_names_the_largest_program_and_warns_past_half() {
+        let ok = verifier_margin(&[("file_entry_body".into(), 120_000), ("x".into(), 5)]);
+        assert_eq!(ok.status, Status::Ok);
+        assert_eq!(
+            ok.detail,
+            "largest program file_entry_body: 120000 of 1000000 instructions (12.0%)"
+        );
+        let warn = verifier_margin(&[("file_entry_body".into(), 500_001)]);
+        assert_eq!(warn.status, Status::Warn);
+        assert!(
+            warn.detail.ends_with("less than half the budget left"),
+            "{}",
+            warn.detail
+        );
+        assert_eq!(verifier_margin(&[]).status, Status::Warn);
+    }
 }

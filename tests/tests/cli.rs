@@ -91,6 +91,12 @@ fn check_passes_as_root_and_loads_the_programs() {
         "{stdout}"
     );
     assert!(stdout.contains("[ok  ] kernel BTF"), "{stdout}");
+    // Every program within half the verifier's budget: a compiler or kernel update
+    // must not be what makes the agent unloadable.
+    assert!(
+        stdout.contains("[ok  ] verifier budget: largest program "),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("auditor can run on this machine."),
         "{stdout}"

@@ -98,6 +98,29 @@ pub struct Loaded {
     pub unattached: Vec<(String, String)>,
 }
 
+/// How many instructions the kernel's verifier may process for one program before it
+/// refuses it (`BPF_COMPLEXITY_LIMIT_INSNS`).
+pub const VERIFIER_BUDGET: u32 = 1_000_000;
+
+impl Loaded {
+    /// Instructions the verifier processed for each loaded program, largest first
+    /// (programs whose count the kernel does not report, before 5.16, are left out).
+    /// How close a program is to [`VERIFIER_BUDGET`] is how close a compiler or kernel
+    /// change is to making it unloadable.
+    pub fn verifier_work(&self) -> Vec<(String, u32)> {
+        let mut work: Vec<(String, u32)> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let n = p.info().ok()?.verified_instruction_count()?;
+                Some((name.to_string(), n))
+            })
+            .collect();
+        work.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        work
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
