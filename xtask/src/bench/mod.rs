@@ -91,6 +91,14 @@ enum Which {
         /// Run this auditor binary instead of building this tree's.
         #[arg(long)]
         bin: Option<std::path::PathBuf>,
+        /// Compare with this binary: passes of both, in balanced order (A B, B A, ...:
+        /// the second of two back-to-back passes measures ~10 ns slower per program),
+        /// and the median of each program's mean ns per binary.
+        #[arg(long)]
+        against: Option<std::path::PathBuf>,
+        /// Passes per binary with `--against`.
+        #[arg(long, default_value_t = 4)]
+        rounds: u32,
     },
     /// Step the connect-event rate up until the first loss through kernel -> agent -> vault.
     MaxRate {
@@ -218,6 +226,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             files,
             connects,
             ref bin,
+            ref against,
+            rounds,
         } => {
             let bin = given_or_built(bin)?;
             let counts = storms::StormCounts {
@@ -225,7 +235,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 files,
                 connects,
             };
-            print_hooks(&storms::hook_costs(&bin, counts)?, usize::MAX);
+            match against {
+                None => print_hooks(&storms::hook_costs(&bin, counts)?, usize::MAX),
+                Some(other) => hooks_ab(&bin, other, counts, rounds)?,
+            }
             Ok(())
         }
         Which::Ab {
@@ -315,6 +328,68 @@ fn print_storms(r: &storms::StormResults) {
     for t in storms::Tool::TRACERS {
         println!("{:9} loss reported: {}", t.name(), r.lost(t));
     }
+}
+
+/// `bench hooks --against`: passes of `a` and `b` in balanced order, then per program
+/// (those of `a`'s first pass with 1,000 runs or more) the median of its mean ns for
+/// each binary, their ratio, and the spread.
+fn hooks_ab(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    counts: storms::StormCounts,
+    rounds: u32,
+) -> Result<()> {
+    if rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let mut ns: [std::collections::BTreeMap<String, Vec<f64>>; 2] = Default::default();
+    let mut order: Vec<String> = Vec::new();
+    for round in 0..rounds {
+        let pair = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in pair {
+            let bin = [a, b][which];
+            let costs = storms::hook_costs(bin, counts)?;
+            println!(
+                "round {round} {}: {} programs",
+                ["A", "B"][which],
+                costs.len()
+            );
+            for (name, runs, mean) in costs {
+                if which == 0 && round == 0 && runs >= 1000 {
+                    order.push(name.clone());
+                }
+                ns[which].entry(name).or_default().push(mean);
+            }
+        }
+    }
+    println!(
+        "A = {}, B = {}; {rounds} passes each, balanced order",
+        a.display(),
+        b.display()
+    );
+    println!(
+        "  {:16} {:>9} {:>9} {:>7}   A min-max   B min-max",
+        "program", "A ns", "B ns", "B/A"
+    );
+    for name in order {
+        let (Some(x), Some(y)) = (ns[0].get(&name), ns[1].get(&name)) else {
+            println!("  {name:16} missing from one binary's passes");
+            continue;
+        };
+        let (mx, my) = (common::median(x), common::median(y));
+        let span = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{lo:.0}-{hi:.0}")
+        };
+        println!(
+            "  {name:16} {mx:>9.1} {my:>9.1} {:>7.3}   {:9}   {:9}",
+            my / mx,
+            span(x),
+            span(y)
+        );
+    }
+    Ok(())
 }
 
 /// The `n` costliest hooks (total kernel time), one line each.

@@ -552,7 +552,9 @@ for the old and the new binary back to back and compare each against its own unt
 and peers.
 - `cargo xtask bench hooks --bin BINARY`: kernel time per eBPF program (runs, mean ns, from \
 `bpf_stats`) over one pass of the three storms; the eBPF side's before/after, which the \
-storms' wall-clock ratios are too noisy to resolve.
+storms' wall-clock ratios are too noisy to resolve. `--against OTHER [--rounds 4]` runs both \
+binaries in balanced order (A B, B A, ...: of two passes back to back the second measured \
+~10 ns slower per program) and prints each program's median for both and their ratio.
 - `cargo bench -p auditor --bench sink`: userspace cost per event after assembly (JSON Lines, \
 canonical JSON, the local vault), no root needed; under `valgrind --tool=callgrind` it counts \
 instructions, which a noisy machine does not disturb (SHA-256 then runs without its CPU \
