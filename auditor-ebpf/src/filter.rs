@@ -77,7 +77,7 @@ static PREFIX_CTX: PerCpuArray<PrefixCtx> = PerCpuArray::with_max_entries(1, 0);
 static SLASH_CTX: PerCpuArray<SlashCtx> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
-pub struct PrefixCtx {
+struct PrefixCtx {
     /// Tail offset and length of the name in the record of type `T`.
     name_off: u64,
     name_len: u64,
@@ -110,7 +110,7 @@ pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
     if len == 0 {
         return false;
     }
-    let (Some(pc), Some(sc)) = (PREFIX_CTX.get_ptr_mut(0), SLASH_CTX.get_ptr_mut(0)) else {
+    let Some(pc) = PREFIX_CTX.get_ptr_mut(0) else {
         return true; // never: let userspace decide rather than miss a watched path
     };
     // SAFETY: this CPU's value of a per-CPU map, sized for PrefixCtx; the callback only
@@ -164,6 +164,10 @@ pub fn prefix_match<T>(name_off: u64, name_len: u64) -> bool {
     {
         return false;
     }
+    // Looked up only here: most names are decided before the entry scan.
+    let Some(sc) = SLASH_CTX.get_ptr_mut(0) else {
+        return true; // never: as above
+    };
     // SAFETY: as above, for SlashCtx and `slash_step`.
     unsafe {
         sc.write(SlashCtx {
@@ -213,7 +217,7 @@ fn head_run<T>(name_off: u64, count: u32) -> (u32, u32) {
 }
 
 #[repr(C)]
-pub struct SlashCtx {
+struct SlashCtx {
     /// Tail offset of the entry's first byte.
     name_off: u64,
     /// 1 once a '/' was seen.

@@ -54,7 +54,7 @@ const STATE_FULL: u32 = 3;
 static WALK: PerCpuArray<WalkCtx> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
-pub struct WalkCtx {
+struct WalkCtx {
     vfsmnt: u64,
     dentry: u64,
     mnt: u64,
