@@ -356,26 +356,32 @@ fn drain_ring(
     out: &mut Vec<Stamped>,
     read: &mut u64,
 ) -> bool {
-    while let Some(item) = ring.next() {
-        *read += 1;
-        match decode::record(&item) {
-            Ok(rec) => asm.push(rec, out),
-            Err(e) => out.push(Stamped {
-                boot_ns: clock::boot_now_ns(),
-                body: Body::DecodeError(DecodeErrorEvent {
-                    error: e.to_string(),
-                    len: item.len(),
-                    head: hex_head(&item),
+    loop {
+        {
+            let Some(item) = ring.next() else {
+                return true;
+            };
+            *read += 1;
+            match decode::record(&item) {
+                Ok(rec) => asm.push(rec, out),
+                Err(e) => out.push(Stamped {
+                    boot_ns: clock::boot_now_ns(),
+                    body: Body::DecodeError(DecodeErrorEvent {
+                        error: e.to_string(),
+                        len: item.len(),
+                        head: hex_head(&item),
+                    }),
                 }),
-            }),
+            }
         }
         if out.len() >= 256 {
             // Keep batches small so the sink sees events promptly; the caller sends them
-            // and comes back (the fd stays readable).
+            // and comes back (the fd stays readable). What was read is released first:
+            // sending may wait for the sink.
+            ring.publish();
             return false;
         }
     }
-    true
 }
 
 /// Drains the ring, handing full batches to the sinks as they fill (until the sinks are
