@@ -187,34 +187,7 @@ impl<T> Record<T> {
         if total > SCRATCH_SIZE as u64 {
             total = SCRATCH_SIZE as u64;
         }
-        // Force a wakeup only for the record that carries the backlog across a multiple of
-        // WAKE_BYTES, not for every record while WAKE_BYTES or more wait. A forced wakeup
-        // is an irq_work, i.e. a self-IPI: in a VM an APIC write that exits to the
-        // hypervisor, measured at ~3 µs per record on the 2-core test VMs. When the reader
-        // falls behind (its sink blocks) the backlog stays above the threshold for the
-        // whole burst, and every record of every hook paid that (the ~3.3 µs "mean cost"
-        // of the exit hooks in docs/BENCHMARKS.md was almost all this IPI). The reader
-        // drains everything each time it runs and polls every 5 ms while records keep
-        // coming (an idle reader asks for a wakeup through READER_IDLE), so one wakeup
-        // per WAKE_BYTES of backlog is plenty; using every multiple (not only the first)
-        // also covers two CPUs racing past the first one without either seeing it.
-        let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
-        let mut wake = if avail / WAKE_BYTES != (avail + total) / WAKE_BYTES {
-            BPF_RB_FORCE_WAKEUP
-        } else {
-            BPF_RB_NO_WAKEUP
-        };
-        // The reader sleeps: wake it for this record. Two CPUs may both see the flag
-        // set and both wake it; that costs one spare wakeup, no record.
-        if let Some(idle) = READER_IDLE.get_ptr_mut(0) {
-            // SAFETY: a value of this map; aligned 4-byte accesses.
-            unsafe {
-                if core::ptr::read_volatile(idle) != 0 {
-                    core::ptr::write_volatile(idle, 0);
-                    wake = BPF_RB_FORCE_WAKEUP;
-                }
-            }
-        }
+        let wake = wake_flags(EVENTS.query(BPF_RB_AVAIL_DATA), total);
         // SAFETY: the header is at the start of the buffer; `total` <= the buffer size.
         unsafe {
             (*self.base.cast::<Header>()).len = total as u32;
@@ -224,6 +197,74 @@ impl<T> Record<T> {
             }
         }
     }
+}
+
+/// The wakeup flag for a record of `total` bytes committed after `before` bytes that the
+/// reader has not consumed yet.
+#[inline(always)]
+fn wake_flags(before: u64, total: u64) -> u64 {
+    // Force a wakeup only for the record that carries the backlog across a multiple of
+    // WAKE_BYTES, not for every record while WAKE_BYTES or more wait. A forced wakeup
+    // is an irq_work, i.e. a self-IPI: in a VM an APIC write that exits to the
+    // hypervisor, measured at ~3 µs per record on the 2-core test VMs. When the reader
+    // falls behind (its sink blocks) the backlog stays above the threshold for the
+    // whole burst, and every record of every hook paid that (the ~3.3 µs "mean cost"
+    // of the exit hooks in docs/BENCHMARKS.md was almost all this IPI). The reader
+    // drains everything each time it runs and polls every 5 ms while records keep
+    // coming (an idle reader asks for a wakeup through READER_IDLE), so one wakeup
+    // per WAKE_BYTES of backlog is plenty; using every multiple (not only the first)
+    // also covers two CPUs racing past the first one without either seeing it.
+    let mut wake = if before / WAKE_BYTES != (before + total) / WAKE_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    // The reader sleeps: wake it for this record. Two CPUs may both see the flag
+    // set and both wake it; that costs one spare wakeup, no record.
+    if let Some(idle) = READER_IDLE.get_ptr_mut(0) {
+        // SAFETY: a value of this map; aligned 4-byte accesses.
+        unsafe {
+            if core::ptr::read_volatile(idle) != 0 {
+                core::ptr::write_volatile(idle, 0);
+                wake = BPF_RB_FORCE_WAKEUP;
+            }
+        }
+    }
+    wake
+}
+
+/// Emits a record of fixed type `T` (no tail) straight into the ring: reserved there,
+/// filled by `fill` after the header, submitted. No scratch buffer and no copy: for the
+/// small records of every syscall exit. A full ring counts the record as lost.
+#[inline(always)]
+pub fn emit_fixed<T: 'static>(kind: u16, pid_tgid: u64, fill: impl FnOnce(*mut T)) {
+    const { assert!(size_of::<T>() >= size_of::<Header>()) };
+    let total = size_of::<T>() as u64;
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        count_loss(total);
+        return;
+    };
+    let p = entry.as_mut_ptr();
+    // SAFETY: helpers without preconditions.
+    let (cpu, now) = unsafe { (bpf_get_smp_processor_id(), bpf_ktime_get_boot_ns()) };
+    // SAFETY: `p` is a reservation of size_of::<T>() bytes, 8-aligned; every record struct
+    // starts with a Header, and `fill` writes the rest of the struct.
+    unsafe {
+        p.cast::<Header>().write(Header {
+            kind,
+            abi: ABI_VERSION,
+            len: total as u32,
+            boot_ns: now,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            cpu,
+            _pad: 0,
+        });
+    }
+    fill(p);
+    // The reservation already counts in the unconsumed bytes the query reports.
+    let before = EVENTS.query(BPF_RB_AVAIL_DATA).saturating_sub(total);
+    entry.submit(wake_flags(before, total));
 }
 
 /// Counts one record lost to a full ring (`bytes` long, 0 when it was never built).

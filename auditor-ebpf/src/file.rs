@@ -700,25 +700,28 @@ fn finish(mut rec: Record<FileEvent>, task: kernel::Task) {
 /// Emits the result of a syscall whose entry was emitted (file ops and the guard hooks).
 #[inline(always)]
 pub(crate) fn syscall_exit(ctx: &TracePointContext) {
-    let Some(op) = inflight_take(bpf_get_current_pid_tgid() as u32) else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(op) = inflight_take(pid_tgid as u32) else {
         return;
     };
-    syscall_result(ctx, op);
+    result_record(ctx, op, pid_tgid);
 }
 
 /// Emits a `SYSCALL_RESULT` record: the return value of syscall `op`.
 #[inline(always)]
 pub(crate) fn syscall_result(ctx: &TracePointContext, op: u32) {
-    let Some(mut rec) = Record::<SyscallResultEvent>::start(kind::SYSCALL_RESULT) else {
-        return;
-    };
+    result_record(ctx, op, bpf_get_current_pid_tgid());
+}
+
+#[inline(always)]
+fn result_record(ctx: &TracePointContext, op: u32, pid_tgid: u64) {
     let ret = kernel::syscall_ret(ctx);
-    let ev = rec.fixed();
-    // SAFETY: `ev` points at this CPU's scratch buffer, sized and aligned for the struct.
-    unsafe {
-        (*ev).ret = ret;
-        (*ev).op = op;
-        (*ev)._pad = 0;
-    }
-    rec.submit();
+    crate::emit::emit_fixed::<SyscallResultEvent>(kind::SYSCALL_RESULT, pid_tgid, |ev| {
+        // SAFETY: `ev` is the record's reservation; the header is written.
+        unsafe {
+            (*ev).ret = ret;
+            (*ev).op = op;
+            (*ev)._pad = 0;
+        }
+    });
 }
