@@ -482,7 +482,7 @@ fn join_path(
 ) -> Option<String> {
     let name = lossy(name);
     if name.starts_with('/') {
-        return Some(normalize(&name));
+        return Some(normalize_owned(name));
     }
     if base_fault {
         return None;
@@ -493,7 +493,7 @@ fn join_path(
     } else if base_truncated {
         format!("{base}/{name}")
     } else {
-        normalize(&format!("{base}/{name}"))
+        normalize_owned(format!("{base}/{name}"))
     })
 }
 
@@ -925,6 +925,31 @@ fn orphan_ring_result(r: &IoUringResultRecord) -> Stamped {
 
 /// Lexical normalisation of an absolute path: collapses `//`, `.` and `..`.
 pub fn normalize(path: &str) -> String {
+    if is_normal(path) {
+        return path.to_owned();
+    }
+    normalize_slow(path)
+}
+
+/// [`normalize`], keeping `path`'s allocation when it is already normal (most are).
+fn normalize_owned(path: String) -> String {
+    if is_normal(&path) {
+        return path;
+    }
+    normalize_slow(&path)
+}
+
+/// True when [`normalize`] leaves `path` as it is: absolute, and no component empty
+/// (no `//`, no trailing `/` but the root's), `.` or `..`.
+fn is_normal(path: &str) -> bool {
+    match path.strip_prefix('/') {
+        Some("") => true,
+        Some(rest) => rest.split('/').all(|c| !matches!(c, "" | "." | "..")),
+        None => false,
+    }
+}
+
+fn normalize_slow(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for p in path.split('/') {
         match p {
@@ -1099,6 +1124,9 @@ mod tests {
     #[test]
     fn normalizes() {
         assert_eq!(normalize("/a/./b/../c//d"), "/a/c/d");
+        for p in ["/", "/a", "/a/b.log", "/a/.b", "/a/..b", "/a/b/"] {
+            assert_eq!(normalize(p), normalize_slow(p), "{p}");
+        }
         assert_eq!(normalize("/../x"), "/x");
         assert_eq!(errno_name(-13), "EACCES");
         assert_eq!(errno_name(-4095), "E4095");
@@ -1108,6 +1136,12 @@ mod tests {
         #[test]
         fn ipv4_text_is_what_display_writes(a: [u8; 4]) {
             proptest::prop_assert_eq!(ipv4_text(a), std::net::Ipv4Addr::from(a).to_string());
+        }
+
+        #[test]
+        fn the_normal_path_shortcut_changes_nothing(p in "[/.ab]{0,16}") {
+            proptest::prop_assert_eq!(normalize(&p), normalize_slow(&p));
+            proptest::prop_assert_eq!(normalize_owned(p.clone()), normalize_slow(&p));
         }
     }
 }

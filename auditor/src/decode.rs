@@ -504,18 +504,16 @@ pub fn cstr(b: &[u8]) -> Vec<u8> {
 /// Turns a leaf-first path blob into an absolute path. `complete` is false when the walk
 /// was cut short: the result then starts with `…/` to show components are missing.
 pub fn path_from_blob(blob: &[u8], complete: bool) -> String {
-    let mut parts: Vec<&[u8]> = blob.split(|&c| c == 0).filter(|p| !p.is_empty()).collect();
-    parts.reverse();
-    let mut out = String::with_capacity(blob.len() + 2);
+    let mut out = String::with_capacity(blob.len() + 4);
     if !complete {
         out.push('…');
     }
-    if parts.is_empty() {
-        out.push('/');
-    }
-    for p in parts {
+    for p in blob.split(|&c| c == 0).rev().filter(|p| !p.is_empty()) {
         out.push('/');
         out.push_str(&String::from_utf8_lossy(p));
+    }
+    if out.is_empty() || out == "…" {
+        out.push('/');
     }
     out
 }

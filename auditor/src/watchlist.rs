@@ -128,6 +128,14 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
         .collect()
 }
 
+/// `path` is `prefix` or below it (no allocation: checked for every event).
+fn is_under(path: &str, prefix: &str) -> bool {
+    prefix == "/"
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 fn under(path: &str, prefix: &str) -> Option<String> {
     if prefix == "/" {
         return Some(path.to_string());
@@ -333,7 +341,7 @@ impl WatchList {
         }
         self.prefixes
             .iter()
-            .any(|p| under(path, p).is_some())
+            .any(|p| is_under(path, p))
             .then_some(Scope::Tree)
     }
 }
