@@ -160,6 +160,13 @@ impl<T> Record<T> {
         })
     }
 
+    /// The thread id in the header (the current thread's).
+    #[inline(always)]
+    pub fn tid(&self) -> u32 {
+        // SAFETY: the header is at the start of the buffer, written by `start`.
+        unsafe { (*self.base.cast::<Header>()).tid }
+    }
+
     /// The fixed struct (its header already filled).
     #[inline(always)]
     pub fn fixed(&mut self) -> *mut T {

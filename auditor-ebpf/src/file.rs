@@ -54,10 +54,11 @@ fn inflight_slot(tid: u32) -> Option<*mut u64> {
     INFLIGHT.get_ptr_mut(tid & (INFLIGHT_SLOTS - 1))
 }
 
-/// Notes that this thread's `op` entry was emitted and waits for its exit.
+/// Notes that thread `tid`'s (the current one's) `op` entry was emitted and waits for
+/// its exit. The caller passes the tid its record's header already holds: one helper call
+/// less per entry.
 #[inline(always)]
-pub(crate) fn inflight_set(op: u32) {
-    let tid = bpf_get_current_pid_tgid() as u32;
+pub(crate) fn inflight_set(tid: u32, op: u32) {
     if let Some(p) = inflight_slot(tid) {
         // SAFETY: a value of this map; one aligned 8-byte store, so a reader sees either
         // the old or the new (tid, op) pair, never a mix.
@@ -692,7 +693,7 @@ fn finish(mut rec: Record<FileEvent>, task: kernel::Task) {
     if req != 0 {
         crate::iouring::track(req, ring);
     } else {
-        inflight_set(op);
+        inflight_set(rec.tid(), op);
     }
     rec.submit();
 }

@@ -49,7 +49,7 @@ fn emit(nr: u32, args: [u64; 4]) {
         (*ev).args = args;
         task.comm_into(&raw mut (*ev).comm);
     }
-    inflight_set(file_op::SYSCALL_BASE + nr);
+    inflight_set(rec.tid(), file_op::SYSCALL_BASE + nr);
     rec.submit();
 }
 
