@@ -10,6 +10,7 @@ mod peers;
 mod pipeline;
 mod rate;
 mod report;
+mod split;
 mod storms;
 
 use std::time::Instant;
@@ -45,7 +46,7 @@ struct AllArgs {
     /// `--ring-buffer-size` of the agent in the max-rate search.
     #[arg(long, default_value = "16M")]
     ring: String,
-    /// Skip parts: storms, rate, pipeline (repeatable).
+    /// Skip parts: storms, split, rate, pipeline (repeatable).
     #[arg(long = "skip", value_name = "PART")]
     skip: Vec<String>,
     /// Do not profile the agent with perf at the first lossy rate.
@@ -75,6 +76,18 @@ enum Which {
         #[arg(long, default_value_t = 5000)]
         connects: u32,
         /// Run this auditor binary instead of building this tree's (for before/after).
+        #[arg(long)]
+        bin: Option<std::path::PathBuf>,
+    },
+    /// The file storm untraced, with auditor running, and with auditor's agent paused
+    /// for the storm (its hooks alone): how much of the slowdown is the kernel side and
+    /// how much the agent's CPU.
+    Split {
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        #[arg(long, default_value_t = 20000)]
+        files: u32,
+        /// Run this auditor binary instead of building this tree's.
         #[arg(long)]
         bin: Option<std::path::PathBuf>,
     },
@@ -219,6 +232,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 rounds,
             )?;
             print_storms(&r);
+            Ok(())
+        }
+        &Which::Split {
+            rounds,
+            files,
+            ref bin,
+        } => {
+            let bin = given_or_built(bin)?;
+            split::print(&split::run(&bin, files, rounds)?);
             Ok(())
         }
         &Which::Hooks {
@@ -431,6 +453,14 @@ fn all(a: &AllArgs) -> Result<()> {
         print_hooks(&r.hooks, 12);
         Some(r)
     };
+    let split = if skip("split") {
+        None
+    } else {
+        println!("== where the file storm's slowdown comes from");
+        let r = split::run(&bin, counts.files, a.rounds)?;
+        split::print(&r);
+        Some(r)
+    };
     let rate = if skip("rate") {
         None
     } else {
@@ -472,6 +502,7 @@ fn all(a: &AllArgs) -> Result<()> {
     }
     let res = report::All {
         storms,
+        split,
         rate,
         pipeline,
         startups: common::agent_startups(),

@@ -13,6 +13,7 @@ use super::{
 
 pub struct All {
     pub storms: Option<StormResults>,
+    pub split: Option<super::split::SplitResults>,
     pub rate: Option<RateResults>,
     pub pipeline: Option<PipelineResults>,
     /// Seconds from spawn to attached, of every agent the run started.
@@ -242,6 +243,9 @@ pub fn markdown(a: &All) -> String {
                 r <= TARGETS[i] && n == e && st.lost(Tool::Auditor) == 0,
             ));
         }
+    }
+    if let Some(sp) = &a.split {
+        split_section(&mut s, sp);
     }
     if let Some(r) = &a.rate {
         let _ = writeln!(
@@ -540,6 +544,42 @@ pub fn markdown(a: &All) -> String {
     s
 }
 
+/// Where the file storm's slowdown comes from (`bench split`).
+fn split_section(s: &mut String, sp: &super::split::SplitResults) {
+    let _ = writeln!(
+        s,
+        "\n## Where the file storm's slowdown comes from\n\n\
+         The file storm ({} iterations) again, {} rounds, each: untraced, then one agent \
+         (ring of 256 MiB) for three runs in rotating order: **running**; **pinned apart** \
+         (every agent thread on the last CPU, the storm on the first, so the agent never takes \
+         the storm's core); **agent paused** (`SIGSTOP` for the storm, `SIGCONT` after: only \
+         the hooks run, their records waiting in the ring, which they then write to cold \
+         memory). Ratios of medians against the untraced runs' (untraced median {:.3} s); \
+         storm CPU is the storm's own (hooks included). Every event of the traced runs is \
+         checked in the vault afterwards: {}/{}, {} lost. `cargo xtask bench split` runs \
+         this alone.\n\n| run | wall | storm CPU |\n|---|---|---|",
+        sp.files,
+        sp.rounds,
+        sp.untraced_seconds(),
+        sp.captured,
+        sp.expected,
+        sp.lost
+    );
+    for (name, v) in [
+        ("auditor running", &sp.running),
+        ("pinned apart", &sp.pinned),
+        ("agent paused", &sp.paused),
+    ] {
+        let (w, c) = sp.ratios(v);
+        let _ = writeln!(s, "| {name} | {w:.3}× | {c:.3}× |");
+    }
+    let _ = writeln!(
+        s,
+        "\nThe agent's CPU during the running storm: {:.2} µs per file event.",
+        sp.agent_us_per_event()
+    );
+}
+
 /// Benchmarks not run by `bench all`, for before/after checks of one change.
 const OTHER_BENCHMARKS: &str = "
 ## Before/after of one change
@@ -550,6 +590,9 @@ event and loss for each.
 - `cargo xtask bench storms --bin BINARY`: the three storms with a given agent binary; run it \
 for the old and the new binary back to back and compare each against its own untraced runs \
 and peers.
+- `cargo xtask bench split [--rounds 5] [--files 20000] [--bin BINARY]`: the file storm \
+untraced, with auditor running, pinned apart from it, and with its agent paused (the section \
+above, alone).
 - `cargo xtask bench hooks --bin BINARY`: kernel time per eBPF program (runs, mean ns, from \
 `bpf_stats`) over one pass of the three storms; the eBPF side's before/after, which the \
 storms' wall-clock ratios are too noisy to resolve. `--against OTHER [--rounds 4]` runs both \

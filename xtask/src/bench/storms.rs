@@ -325,6 +325,11 @@ fn run_storms(env: &Env, marker: &str, tool_pids: &[u32]) -> Result<[Cell; 3]> {
     Ok([e, f, c])
 }
 
+/// The file storm of `count` iterations in `dir`, measured as [`measured`] does.
+pub fn measured_file_storm(dir: &Path, count: u32, tool_pids: &[u32]) -> Result<Cell> {
+    measured(tool_pids, || file_storm(dir, count))
+}
+
 /// Runs one storm; its wall time, its own CPU and the tool's CPU meanwhile.
 fn measured(tool_pids: &[u32], storm: impl FnOnce() -> Result<Duration>) -> Result<Cell> {
     let (own0, tool0) = (own_cpu_seconds(), pids_cpu_seconds(tool_pids)?);
@@ -370,26 +375,48 @@ fn kauditd_pid() -> Option<u32> {
     })
 }
 
+/// The payloads of the records of `kinds` in auditor's vault at `vault`.
+fn vault_payloads(bin: &Path, vault: &Path, kinds: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["vault", "query", "--data"]).arg(vault);
+    for k in kinds {
+        cmd.args(["--kind", k]);
+    }
+    output(&mut cmd)?
+        .lines()
+        .map(|line| {
+            let mut v: serde_json::Value =
+                serde_json::from_str(line).context("vault query printed a non-JSON line")?;
+            Ok(v["payload"].take())
+        })
+        .collect()
+}
+
+/// File events (delete, rename, truncate) this process caused, and records lost, in
+/// auditor's vault at `vault`.
+pub fn count_file_events(bin: &Path, vault: &Path) -> Result<(u64, u64)> {
+    let me = i64::from(std::process::id());
+    let (mut n, mut lost) = (0, 0);
+    for ev in vault_payloads(bin, vault, &["delete", "rename", "truncate", "loss"])? {
+        match ev["kind"].as_str() {
+            Some("loss") => lost += ev["records"].as_u64().unwrap_or(0),
+            Some(_) if ev["pid"].as_i64() == Some(me) => n += 1,
+            _ => {}
+        }
+    }
+    Ok((n, lost))
+}
+
 /// Counts auditor's vault: (exec with our marker, file events from us, connects from us
 /// to the listener, loss records).
 fn count_vault(env: &Env, vault: &Path, marker: &str) -> Result<([u64; 3], u64)> {
-    let text = output(
-        Command::new(&env.bin)
-            .args(["vault", "query", "--data"])
-            .arg(vault)
-            .args([
-                "--kind", "exec", "--kind", "delete", "--kind", "rename", "--kind", "truncate",
-                "--kind", "connect", "--kind", "loss",
-            ]),
-    )?;
+    let kinds = ["exec", "delete", "rename", "truncate", "connect", "loss"];
     let me = i64::from(std::process::id());
     let port = u64::from(env.listener.local_addr()?.port());
     let mut n = [0u64; 3];
     let mut lost = 0;
-    for line in text.lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).context("vault query printed a non-JSON line")?;
-        let ev = &v["payload"];
+    for ev in vault_payloads(&env.bin, vault, &kinds)? {
+        let ev = &ev;
         match ev["kind"].as_str() {
             Some("exec") if ev["argv"][1] == marker => n[0] += 1,
             Some("delete" | "rename" | "truncate") if ev["pid"].as_i64() == Some(me) => n[1] += 1,
