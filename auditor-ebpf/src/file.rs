@@ -488,7 +488,7 @@ fn path_arg(
         // Unknown base: let userspace see it rather than miss a watched path.
         return (name_len as u32, 0, fl | bits[3] | bits[4]);
     };
-    let (walk, base_len, mode) = path::append_checked(rec, mnt, dentry);
+    let (walk, base_len, mode, parent_mode) = path::append_checked(rec, mnt, dentry);
     match walk {
         Walk::Complete => {}
         Walk::Truncated => fl |= bits[2],
@@ -499,7 +499,10 @@ fn path_arg(
         // A name straight in this directory (home: history files), or one that may lead
         // into a watched tree below it: userspace decides exactly.
         watch_mode::ENTRIES | watch_mode::ANCESTOR => name.ptr != 0,
-        _ => false,
+        // An fd's file straight in such a directory: a history file truncated or
+        // punched through its fd (`truncate -s 0 ~/.bash_history` opens it without
+        // O_TRUNC, then calls ftruncate). Userspace decides exactly.
+        _ => name.ptr == 0 && parent_mode == watch_mode::ENTRIES,
     };
     if watched || !filter_on || walk == Walk::Fault {
         fl |= bits[4];

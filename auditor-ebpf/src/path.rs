@@ -63,10 +63,12 @@ struct WalkCtx {
     used: u64,
     state: u32,
     /// File events: check each directory against the watched inodes; `in_tree` is set
-    /// when one is a watched tree, `first_mode` is the start directory's own mode.
+    /// when one is a watched tree, `first_mode` is the start dentry's own mode and
+    /// `parent_mode` its parent's (for an fd's file: the directory it is in).
     check: u32,
     in_tree: u64,
     first_mode: u64,
+    parent_mode: u64,
     /// The current mount's root dentry and, for `check`, its device
     /// (`filter::DEV_UNKNOWN` if unreadable): read once per mount, not per component.
     mnt_root: u64,
@@ -77,22 +79,22 @@ struct WalkCtx {
 /// ended and the blob's length.
 #[inline(always)]
 pub fn append<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64) -> (Walk, u32) {
-    let (walk, len, _) = walk::<T>(rec, vfsmnt, dentry, false);
+    let (walk, len, _, _) = walk::<T>(rec, vfsmnt, dentry, false);
     (walk, len)
 }
 
-/// Like [`append`], also returning the watch mode of the start directory: `TREE` if it
-/// or an ancestor (across mounts) is a watched tree, else its own `ENTRIES`/`ANCESTOR`
-/// mode, else 0.
+/// Like [`append`], also returning the watch modes: first that of the start dentry, `TREE`
+/// if it or an ancestor (across mounts) is a watched tree, else its own
+/// `ENTRIES`/`ANCESTOR` mode, else 0; then its parent's own mode (0 if none).
 #[inline(always)]
-pub fn append_checked<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64) -> (Walk, u32, u8) {
+pub fn append_checked<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64) -> (Walk, u32, u8, u8) {
     walk::<T>(rec, vfsmnt, dentry, true)
 }
 
 #[inline(always)]
-fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk, u32, u8) {
+fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk, u32, u8, u8) {
     let Some(c) = WALK.get_ptr_mut(0) else {
-        return (Walk::Fault, 0, 0);
+        return (Walk::Fault, 0, 0, 0);
     };
     // Read here and at each mount crossing, not in every step: a step that branched on
     // "already read?" gave the verifier two states per step to explore. An unreadable
@@ -111,6 +113,7 @@ fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk,
             check: check as u32,
             in_tree: 0,
             first_mode: 0,
+            parent_mode: 0,
             mnt_root,
             dev,
         });
@@ -138,7 +141,7 @@ fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk,
     } else {
         c.first_mode as u8
     };
-    (walk, used as u32, mode)
+    (walk, used as u32, mode, c.parent_mode as u8)
 }
 
 /// The root dentry of `vfsmnt` (0 if unreadable) and, when `check`, the device of its
@@ -185,9 +188,11 @@ extern "C" fn walk_step<T>(i: u64, _ctx: *mut c_void) -> i64 {
         let mode = u64::from(filter::inode_mode(d.inode, c.dev));
         // TREE is 1: bit 0 set, bit 1 clear (ENTRIES = 2, ANCESTOR = 3).
         c.in_tree |= mode & !(mode >> 1) & 1;
-        // The start directory's own mode: only at step 0.
-        let first = ((i | i.wrapping_neg()) >> 63) ^ 1;
-        c.first_mode |= mode * first;
+        // The start dentry's own mode only at step 0, its parent's only at step 1
+        // (branch-free: `x == 0` as 0 or 1).
+        let is_zero = |x: u64| ((x | x.wrapping_neg()) >> 63) ^ 1;
+        c.first_mode |= mode * is_zero(i);
+        c.parent_mode |= mode * is_zero(i ^ 1);
     }
     if c.dentry == c.mnt_root || c.dentry == d.parent {
         // Root of this mount: continue from its mountpoint in the parent mount.

@@ -232,3 +232,50 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A throwaway login user whose home holds nothing yet; removed on drop. The auditor
+/// watches the history files of the users in /etc/passwd, as read at its start, so one
+/// must be made before the auditor starts.
+pub struct TempUser {
+    pub name: String,
+    pub home: TempDir,
+}
+
+impl TempUser {
+    pub fn new() -> Self {
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let home = TempDir::new("home");
+        // useradd wants a short name: "aud", the pid and a count (tests run in parallel).
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("aud{}x{n}", std::process::id());
+        let (_, st) = run(Command::new("useradd")
+            .args(["-M", "-s", "/bin/bash", "-d"])
+            .arg(home.path())
+            .arg(&name));
+        assert!(st.success(), "useradd {name}");
+        let (_, st) = run(Command::new("chown").arg(&name).arg(home.path()));
+        assert!(st.success(), "chown home");
+        Self { name, home }
+    }
+
+    /// Writes `~/.bash_history` (owned by the user); returns its path.
+    pub fn history(&self, text: &str) -> String {
+        let history = format!("{}/.bash_history", self.home.str());
+        std::fs::write(&history, text).expect("writing the history file");
+        let (_, st) = run(Command::new("chown").arg(&self.name).arg(&history));
+        assert!(st.success(), "chown history");
+        history
+    }
+}
+
+impl Default for TempUser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::{process::Command, time::Duration};
 
-use auditor_integration::{Auditor, TempDir, marker, run};
+use auditor_integration::{Auditor, TempDir, TempUser, marker, run};
 use serde_json::Value;
 
 /// A watched tree of our own (so tests never touch the real /var/log) with a log in it.
@@ -216,6 +216,52 @@ fn ftruncate_reports_the_file_behind_the_fd() {
     assert_eq!(e["raw_path"], "");
     assert_eq!(e["length"], 3);
     assert_eq!(e["tamper"]["kind"], "log_truncated");
+    a.stop();
+}
+
+/// A history file emptied or punched through an fd: `truncate -s 0` opens it without
+/// `O_TRUNC` and calls `ftruncate`, `fallocate -p` punches a hole; both name no path, so
+/// the kernel side must see that the fd's file sits straight in a home directory.
+#[test]
+fn history_file_truncated_and_punched_through_its_fd() {
+    let user = TempUser::new();
+    let history = user.history("ls\nrm -rf /var/log/*\n");
+    let a = Auditor::start(&["--path", TempDir::new("hist-fd-tree").str()]);
+    for (cmd, syscall, tamper) in [
+        (
+            "truncate -s 0 .bash_history",
+            "ftruncate",
+            "history_truncated",
+        ),
+        (
+            "echo ls > .bash_history; fallocate -p -o 0 -l 2 .bash_history",
+            "fallocate",
+            "history_punched",
+        ),
+    ] {
+        // `su` forks: the tool is a grandchild; it is matched by path and syscall.
+        let (_, st) = run(Command::new("su")
+            .args([&user.name, "-c", cmd])
+            .current_dir(user.home.path()));
+        assert!(st.success(), "{cmd}");
+        let e = a.wait_for(
+            &format!("{syscall} of {history}"),
+            Duration::from_secs(20),
+            |e| {
+                e["kind"] == "truncate"
+                    && e["syscall"] == syscall
+                    && e["path"] == history.as_str()
+                    && e["ret"].is_i64()
+            },
+        );
+        assert_eq!(e["success"], true, "{e}");
+        assert_eq!(
+            e["raw_path"], "",
+            "no name: resolved from the fd in the kernel"
+        );
+        assert_eq!(e["tamper"]["kind"], tamper, "{e}");
+        assert_ne!(e["uid"], 0, "done as the user, not root: {e}");
+    }
     a.stop();
 }
 

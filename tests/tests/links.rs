@@ -5,7 +5,7 @@
 
 use std::{process::Command, time::Duration};
 
-use auditor_integration::{Auditor, TempDir, marker, run};
+use auditor_integration::{Auditor, TempDir, TempUser, marker, run};
 use serde_json::Value;
 
 fn event(a: &Auditor, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -14,42 +14,10 @@ fn event(a: &Auditor, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     })
 }
 
-/// A throwaway login user whose home holds a shell history file; removed on drop. The
-/// auditor watches history files of the users in /etc/passwd, as read at its start.
-struct TempUser {
-    name: String,
-    home: TempDir,
-}
-
-impl TempUser {
-    fn new() -> Self {
-        let home = TempDir::new("home");
-        // useradd wants a short name: "aud" + the pid.
-        let name = format!("aud{}", std::process::id());
-        let (_, st) = run(Command::new("useradd")
-            .args(["-M", "-s", "/bin/bash", "-d"])
-            .arg(home.path())
-            .arg(&name));
-        assert!(st.success(), "useradd {name}");
-        let (_, st) = run(Command::new("chown").arg(&name).arg(home.path()));
-        assert!(st.success(), "chown home");
-        Self { name, home }
-    }
-}
-
-impl Drop for TempUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-    }
-}
-
 #[test]
 fn symlink_to_dev_null_over_a_log_and_a_history_file() {
     let user = TempUser::new();
-    let history = format!("{}/.bash_history", user.home.str());
-    std::fs::write(&history, "ls\n").unwrap();
-    let (_, st) = run(Command::new("chown").arg(&user.name).arg(&history));
-    assert!(st.success());
+    let history = user.history("ls\n");
     let dir = TempDir::new("ln-null");
     let log = format!("{}/app.log", dir.str());
     std::fs::write(&log, "line\n").unwrap();
