@@ -438,8 +438,9 @@ fn path_arg(
     let mut fl = 0u32;
     let filter_on = kernel::settings().file_filter != 0;
     let mut name_len = 0u64;
+    let name_at = rec.tail_len;
     if name.ptr != 0 {
-        let at = rec.tail_len;
+        let at = name_at;
         // SAFETY: the tail has TAIL_SLACK >= FILENAME_MAX bytes after any masked offset;
         // both helpers validate the source address.
         let n = unsafe {
@@ -465,7 +466,10 @@ fn path_arg(
         // SAFETY: reading back a byte we just wrote.
         let absolute = name_len > 0 && unsafe { *rec.tail_at(at) } == b'/';
         if absolute {
-            if !filter_on || filter::prefix_match::<FileEvent>(at, name_len) {
+            if !filter_on
+                || filter::prefix_match::<FileEvent>(at, name_len)
+                || filter::has_dot_dot::<FileEvent>(at, name_len)
+            {
                 fl |= bits[4];
             }
             return (name_len as u32, 0, fl);
@@ -504,7 +508,13 @@ fn path_arg(
         // O_TRUNC, then calls ftruncate). Userspace decides exactly.
         _ => name.ptr == 0 && parent_mode == watch_mode::ENTRIES,
     };
-    if watched || !filter_on || walk == Walk::Fault {
+    // A relative name that climbs (`../log/x` from a sibling of the tree) can leave
+    // its base: userspace joins and normalises it, then decides.
+    if watched
+        || !filter_on
+        || walk == Walk::Fault
+        || (name.ptr != 0 && filter::has_dot_dot::<FileEvent>(name_at, name_len))
+    {
         fl |= bits[4];
     }
     (name_len as u32, base_len, fl)

@@ -76,6 +76,9 @@ static PREFIX_CTX: PerCpuArray<PrefixCtx> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SLASH_CTX")]
 static SLASH_CTX: PerCpuArray<SlashCtx> = PerCpuArray::with_max_entries(1, 0);
 
+#[map(name = "DOTS_CTX")]
+static DOTS_CTX: PerCpuArray<DotsCtx> = PerCpuArray::with_max_entries(1, 0);
+
 #[repr(C)]
 struct PrefixCtx {
     /// Tail offset and length of the name in the record of type `T`.
@@ -214,6 +217,89 @@ fn head_run<T>(name_off: u64, count: u32) -> (u32, u32) {
     }
     let run = crate::emit::launder(run);
     ((run & 0xff) as u32, ((run >> 8) & 0xff) as u32)
+}
+
+#[repr(C)]
+struct DotsCtx {
+    /// Tail offset and length of the name.
+    name_off: u64,
+    name_len: u64,
+    /// Bit 7 set when the previous word's last byte was a '.'.
+    carry: u64,
+    /// 1 once two '.' in a row were seen.
+    found: u64,
+}
+
+/// True if the name at tail offset `name_off` (`name_len` bytes) of a record of type `T`
+/// has two dots in a row: it may climb out of the directory it starts from (`../log/x`
+/// from a sibling of a watched tree, `/var/lib/../log/x`), so neither the prefixes nor
+/// the base directory can rule it out. Eight bytes per step; a false positive
+/// (`a..b`) only costs userspace a look.
+#[inline(always)]
+pub fn has_dot_dot<T>(name_off: u64, name_len: u64) -> bool {
+    if name_len < 2 {
+        return false;
+    }
+    let Some(dc) = DOTS_CTX.get_ptr_mut(0) else {
+        return true; // never: let userspace decide rather than miss a watched path
+    };
+    // SAFETY: this CPU's value of a per-CPU map, sized for DotsCtx; the callback only
+    // reads it and this CPU's scratch buffer, and writes it.
+    unsafe {
+        dc.write(DotsCtx {
+            name_off,
+            name_len,
+            carry: 0,
+            found: 0,
+        });
+        bpf_loop(
+            (((name_len + 7) / 8) & 0x3ff) as u32,
+            dots_step::<T> as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+        (*dc).found != 0
+    }
+}
+
+/// Word `i` of the name: stops when it holds two '.' in a row (or the previous word
+/// ended in one and this one starts with one).
+#[inline(never)]
+extern "C" fn dots_step<T>(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(c) = DOTS_CTX.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's value, written by `has_dot_dot` before the loop.
+    let c = unsafe { &mut *c };
+    let Some(base) = scratch_base() else {
+        return 1;
+    };
+    let at = (i & 0x3ff) * 8;
+    // SAFETY: a masked tail offset has TAIL_SLACK >= 8 bytes after it.
+    let w = u64::from_le(unsafe {
+        core::ptr::read_unaligned(tail_ptr::<T>(base, c.name_off + at).cast::<u64>())
+    });
+    // Bytes past the name are stale: masked out.
+    let rem = c.name_len.saturating_sub(at);
+    let valid = if rem >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (rem * 8)) - 1
+    };
+    // 0x80 in each byte equal to '.', exactly (no borrow between bytes).
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let x = w ^ 0x2e2e_2e2e_2e2e_2e2e;
+    let dots = !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7) & valid;
+    // Byte k and byte k + 1 (the next one in memory is the next higher byte).
+    let pair = dots & (dots >> 8);
+    // The previous word's last byte (carried to bit 7) and this word's first.
+    let across = c.carry & dots & 0x80;
+    if pair | across != 0 {
+        c.found = 1;
+        return 1;
+    }
+    c.carry = (dots >> 56) & 0x80;
+    0
 }
 
 #[repr(C)]

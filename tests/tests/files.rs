@@ -103,6 +103,37 @@ fn relative_name_from_an_ancestor_reaches_the_tree() {
     a.stop();
 }
 
+/// Names that climb with `..` out of where they start: from a sibling directory of the
+/// tree (its own base is not watched, nor an ancestor of a tree) and through an absolute
+/// name that does not start with the tree's prefix. Both reach the log.
+#[test]
+fn names_climbing_with_dot_dot_into_the_tree() {
+    let (dir, log) = setup("dotdot");
+    let second = format!("{}/second.log", dir.str());
+    std::fs::write(&second, "x").unwrap();
+    let sibling = TempDir::new("dotdot-sibling");
+    let leaf = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let a = start(&dir);
+    let pid = sh(&format!("exec rm ../{leaf}/app.log"), sibling.str());
+    let e = file_event(&a, "delete", &log, Some(pid));
+    assert_eq!(e["raw_path"], format!("../{leaf}/app.log"));
+    assert_eq!(e["success"], true);
+    assert_eq!(e["tamper"]["kind"], "log_deleted");
+    let climbing = format!("{}/../{leaf}/second.log", sibling.str());
+    let (pid, st) = run(Command::new("rm").arg(&climbing));
+    assert!(st.success());
+    let e = file_event(&a, "delete", &second, Some(pid));
+    assert_eq!(e["raw_path"], climbing.as_str());
+    assert_eq!(e["tamper"]["kind"], "log_deleted");
+    a.stop();
+}
+
 #[test]
 fn python_and_perl_bypass_the_usual_tools() {
     let (dir, log) = setup("py");
