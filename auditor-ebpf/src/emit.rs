@@ -269,8 +269,11 @@ pub fn emit_fixed<T: 'static>(kind: u16, pid_tgid: u64, fill: impl FnOnce(*mut T
         });
     }
     fill(p);
-    // The reservation already counts in the unconsumed bytes the query reports.
-    let before = EVENTS.query(BPF_RB_AVAIL_DATA).saturating_sub(total);
+    // The reservation (with the kernel's 8-byte record header, rounded up to 8) already
+    // counts in the unconsumed bytes the query reports.
+    let before = EVENTS
+        .query(BPF_RB_AVAIL_DATA)
+        .saturating_sub((total + 8).next_multiple_of(8));
     entry.submit(wake_flags(before, total));
 }
 

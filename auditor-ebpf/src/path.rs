@@ -69,6 +69,9 @@ struct WalkCtx {
     in_tree: u64,
     first_mode: u64,
     parent_mode: u64,
+    /// How many `d_parent` steps were taken (a mount crossing takes none: a file or
+    /// directory that is a mount root is looked at again as its mountpoint).
+    level: u64,
     /// The current mount's root dentry and, for `check`, its device
     /// (`filter::DEV_UNKNOWN` if unreadable): read once per mount, not per component.
     mnt_root: u64,
@@ -114,6 +117,7 @@ fn walk<T>(rec: &mut Record<T>, vfsmnt: u64, dentry: u64, check: bool) -> (Walk,
             in_tree: 0,
             first_mode: 0,
             parent_mode: 0,
+            level: 0,
             mnt_root,
             dev,
         });
@@ -161,14 +165,15 @@ fn mount_root_dev(vfsmnt: u64, check: bool) -> (u64, u64) {
     (root, dev)
 }
 
-/// One step up the tree. Returns 1 to stop the loop.
+/// One step up the tree. Returns 1 to stop the loop. `_i` is not the level: see
+/// `WalkCtx::level`.
 ///
 /// Kernel reads are the cost of a walk (each `bpf_probe_read_kernel` is a helper call), so
 /// a step makes as few as it can: the dentry's fields in one read
 /// (`kernel::dentry_fields`), the inode number, the name. The mount's root and device
 /// are read once per mount, at the start and at each crossing.
 #[inline(never)]
-extern "C" fn walk_step<T>(i: u64, _ctx: *mut c_void) -> i64 {
+extern "C" fn walk_step<T>(_i: u64, _ctx: *mut c_void) -> i64 {
     let Some(c) = WALK.get_ptr_mut(0) else {
         return 1;
     };
@@ -188,11 +193,12 @@ extern "C" fn walk_step<T>(i: u64, _ctx: *mut c_void) -> i64 {
         let mode = u64::from(filter::inode_mode(d.inode, c.dev));
         // TREE is 1: bit 0 set, bit 1 clear (ENTRIES = 2, ANCESTOR = 3).
         c.in_tree |= mode & !(mode >> 1) & 1;
-        // The start dentry's own mode only at step 0, its parent's only at step 1
-        // (branch-free: `x == 0` as 0 or 1).
+        // The start dentry's own mode, and its parent's, by level rather than step: a
+        // mount root is looked at again as its mountpoint, one step on (a bind-mounted
+        // history file's directory is two steps up). Branch-free: `x == 0` as 0 or 1.
         let is_zero = |x: u64| ((x | x.wrapping_neg()) >> 63) ^ 1;
-        c.first_mode |= mode * is_zero(i);
-        c.parent_mode |= mode * is_zero(i ^ 1);
+        c.first_mode |= mode * is_zero(c.level);
+        c.parent_mode |= mode * is_zero(c.level ^ 1);
     }
     if c.dentry == c.mnt_root || c.dentry == d.parent {
         // Root of this mount: continue from its mountpoint in the parent mount.
@@ -229,5 +235,6 @@ extern "C" fn walk_step<T>(i: u64, _ctx: *mut c_void) -> i64 {
     }
     c.used = used + n as u64;
     c.dentry = d.parent;
+    c.level += 1;
     0
 }
