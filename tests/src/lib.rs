@@ -225,6 +225,13 @@ impl TempDir {
     pub fn str(&self) -> &str {
         self.0.to_str().expect("utf-8 path")
     }
+    /// The directory's own name (its last component).
+    pub fn name(&self) -> &str {
+        self.0
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("utf-8 name")
+    }
 }
 
 impl Drop for TempDir {

@@ -88,13 +88,7 @@ fn rm_relative_after_cd_and_find_delete() {
 fn relative_name_from_an_ancestor_reaches_the_tree() {
     let (dir, log) = setup("ancestor");
     let parent = dir.path().parent().unwrap().to_str().unwrap().to_string();
-    let leaf = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let leaf = dir.name();
     let a = start(&dir);
     let pid = sh(&format!("exec rm {leaf}/app.log"), &parent);
     let e = file_event(&a, "delete", &log, Some(pid));
@@ -112,13 +106,7 @@ fn names_climbing_with_dot_dot_into_the_tree() {
     let second = format!("{}/second.log", dir.str());
     std::fs::write(&second, "x").unwrap();
     let sibling = TempDir::new("dotdot-sibling");
-    let leaf = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let leaf = dir.name();
     let a = start(&dir);
     let pid = sh(&format!("exec rm ../{leaf}/app.log"), sibling.str());
     let e = file_event(&a, "delete", &log, Some(pid));

@@ -157,6 +157,19 @@ pub fn start_agent(bin: &Path, args: &[&str]) -> Result<Proc> {
     Ok(p)
 }
 
+/// Starts `auditor watch` on the tree `watched`, chaining every event into a local vault
+/// at `vault`, with `extra` arguments after those.
+pub fn start_watching(bin: &Path, watched: &Path, vault: &Path, extra: &[&str]) -> Result<Proc> {
+    let mut args = vec![
+        "--path",
+        watched.to_str().context("UTF-8 path")?,
+        "--vault-dir",
+        vault.to_str().context("UTF-8 path")?,
+    ];
+    args.extend_from_slice(extra);
+    start_agent(bin, &args)
+}
+
 /// Runs a command, returns its stdout; fails with its stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;

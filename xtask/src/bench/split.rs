@@ -20,8 +20,8 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{TempDir, check_interrupted, cpu_seconds, median, start_agent},
-    storms::{Cell, count_file_events, measured_file_storm},
+    common::{TempDir, check_interrupted, cpu_seconds, median, start_watching},
+    storms::{Cell, count_file_events, measured_file_storm, settle},
 };
 
 /// Large enough for every record of a storm while the agent is paused: each iteration
@@ -148,14 +148,6 @@ fn signal(pid: u32, sig: libc::c_int) -> Result<()> {
     Ok(())
 }
 
-/// Waits (a `sync` and a pause) so that the previous run's after-effects (an agent
-/// draining its backlog, journal commits) do not land in the next one.
-fn settle() {
-    // SAFETY: sync(2) has no preconditions.
-    unsafe { libc::sync() };
-    std::thread::sleep(Duration::from_secs(2));
-}
-
 pub fn run(bin: &Path, files: u32, rounds: u32) -> Result<SplitResults> {
     if rounds == 0 {
         bail!("--rounds must be at least 1");
@@ -184,17 +176,8 @@ pub fn run(bin: &Path, files: u32, rounds: u32) -> Result<SplitResults> {
         settle();
         let none = measured_file_storm(&watched, files, &[])?;
         let vault = tmp.0.join(format!("vault-{round}"));
-        let mut agent = start_agent(
-            bin,
-            &[
-                "--path",
-                watched.to_str().context("UTF-8 path")?,
-                "--vault-dir",
-                vault.to_str().context("UTF-8 path")?,
-                "--ring-buffer-size",
-                PAUSED_RING,
-            ],
-        )?;
+        let mut agent =
+            start_watching(bin, &watched, &vault, &["--ring-buffer-size", PAUSED_RING])?;
         let pid = agent.pid();
         let mut cells: [Cell; 3] = Default::default();
         for k in 0..3 {

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    common::{TempDir, check_interrupted, cpu_seconds, median, output, start_agent},
+    common::{TempDir, check_interrupted, cpu_seconds, median, output, start_watching},
     peers::{Auditd, Bpftrace, ensure_auditd, ensure_bpftrace},
 };
 
@@ -308,11 +308,16 @@ struct Env {
 /// measurement, untraced included, starts after a `sync` and the same pause.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// `tool_pids`: the tool's processes, whose CPU time is read around each storm.
-fn settled_storms(env: &Env, marker: &str, tool_pids: &[u32]) -> Result<[Cell; 3]> {
+/// A `sync` and the [`SETTLE`] pause, before every measurement.
+pub fn settle() {
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
     std::thread::sleep(SETTLE);
+}
+
+/// `tool_pids`: the tool's processes, whose CPU time is read around each storm.
+fn settled_storms(env: &Env, marker: &str, tool_pids: &[u32]) -> Result<[Cell; 3]> {
+    settle();
     run_storms(env, marker, tool_pids)
 }
 
@@ -416,7 +421,6 @@ fn count_vault(env: &Env, vault: &Path, marker: &str) -> Result<([u64; 3], u64)>
     let mut n = [0u64; 3];
     let mut lost = 0;
     for ev in vault_payloads(&env.bin, vault, &kinds)? {
-        let ev = &ev;
         match ev["kind"].as_str() {
             Some("exec") if ev["argv"][1] == marker => n[0] += 1,
             Some("delete" | "rename" | "truncate") if ev["pid"].as_i64() == Some(me) => n[1] += 1,
@@ -476,15 +480,7 @@ fn one(env: &Env, tool: Tool, round: u32) -> Result<([Cell; 3], u64)> {
         Tool::None => (settled_storms(env, &marker, &[])?, 0),
         Tool::Auditor => {
             let vault = dir.join("vault");
-            let mut agent = start_agent(
-                &env.bin,
-                &[
-                    "--path",
-                    env.watched.to_str().context("UTF-8 path")?,
-                    "--vault-dir",
-                    vault.to_str().context("UTF-8 path")?,
-                ],
-            )?;
+            let mut agent = start_watching(&env.bin, &env.watched, &vault, &[])?;
             let mut cells = settled_storms(env, &marker, &[agent.pid()])?;
             agent.stop(Duration::from_secs(120))?;
             let (n, lost) = count_vault(env, &vault, &marker)?;
@@ -613,15 +609,7 @@ pub fn hook_costs(bin: &Path, counts: StormCounts) -> Result<Vec<(String, u64, f
     std::fs::create_dir_all(&watched)?;
     let listener = loopback_listener()?;
     let vault = tmp.0.join("vault");
-    let mut agent = start_agent(
-        bin,
-        &[
-            "--path",
-            watched.to_str().context("UTF-8 path")?,
-            "--vault-dir",
-            vault.to_str().context("UTF-8 path")?,
-        ],
-    )?;
+    let mut agent = start_watching(bin, &watched, &vault, &[])?;
     let before = std::fs::read_to_string(SYSCTL)
         .with_context(|| format!("reading {SYSCTL}"))?
         .trim()
